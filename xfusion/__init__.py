@@ -1,0 +1,20 @@
+"""xfusion: lazy, scalable satellite image fusion on xarray/Dask datacubes.
+
+Importing the package registers the ``.fusion`` accessor on xarray objects. It never imports
+torch: neural methods import it when they are called.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from xfusion import accessor as _accessor  # noqa: F401  (registers .fusion)
+from xfusion import errors
+from xfusion.cube import validate_cube
+
+try:
+    __version__ = version("xfusion")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__", "errors", "validate_cube"]

@@ -1,0 +1,50 @@
+"""The ``.fusion`` accessor on :class:`xarray.Dataset` and :class:`xarray.DataArray`.
+
+Each accessor method is a thin delegate to a function of the functional API, with the same
+docstring: ``ds.fusion.starfm(...)`` is ``xfusion.starfm(ds, ...)``. The accessor holds no
+state (xarray caches accessors per object, and an error in ``__init__`` would surface as an
+opaque ``RuntimeError``), so validation happens inside the functions.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import xarray as xr
+
+from xfusion.cube.validate import validate_cube
+
+__all__ = ["FusionDataArrayAccessor", "FusionDatasetAccessor"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _delegate(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Make an accessor method that calls ``func(self._obj, ...)`` with ``func``'s docstring."""
+
+    @functools.wraps(func)
+    def method(self: _FusionBase, *args: Any, **kwargs: Any) -> Any:
+        return func(self._obj, *args, **kwargs)
+
+    return method
+
+
+class _FusionBase:
+    """Shared base: stores the wrapped object and nothing else."""
+
+    def __init__(self, xarray_obj: xr.Dataset | xr.DataArray) -> None:
+        self._obj = xarray_obj
+
+
+@xr.register_dataset_accessor("fusion")
+class FusionDatasetAccessor(_FusionBase):
+    """Fusion methods on a fusion cube (``ds.fusion.<method>(...)``)."""
+
+    validate = _delegate(validate_cube)
+
+
+@xr.register_dataarray_accessor("fusion")
+class FusionDataArrayAccessor(_FusionBase):
+    """Fusion methods on a single variable (``da.fusion.<method>(...)``)."""

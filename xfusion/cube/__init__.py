@@ -1,0 +1,27 @@
+"""Fusion cubes: the contract (validation) and builders from local files or arrays."""
+
+from __future__ import annotations
+
+from xfusion.cube.validate import (
+    CubeInfo,
+    get_geobox,
+    get_nodata,
+    observed_times,
+    require_same_grid,
+    require_time,
+    require_vars,
+    spatial_dims,
+    validate_cube,
+)
+
+__all__ = [
+    "CubeInfo",
+    "get_geobox",
+    "get_nodata",
+    "observed_times",
+    "require_same_grid",
+    "require_time",
+    "require_vars",
+    "spatial_dims",
+    "validate_cube",
+]

@@ -1,0 +1,74 @@
+"""Exception hierarchy of xfusion.
+
+Every error raised on bad user input is an :class:`XFusionError` that also subclasses the
+natural builtin (``ValueError``, ``KeyError``, ``ImportError``...), so existing ``except``
+clauses keep working. Messages say what was wrong, what was found, and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CRSMismatchError",
+    "ChunkingError",
+    "GridMismatchError",
+    "InvalidParameterError",
+    "MissingDimensionError",
+    "MissingNodataError",
+    "MissingOptionalDependency",
+    "NoOverlapError",
+    "TimeAxisError",
+    "VariableNotFoundError",
+    "WeightsNotFoundError",
+    "XFusionError",
+]
+
+
+class XFusionError(Exception):
+    """Base class of every error raised by xfusion."""
+
+
+class MissingDimensionError(XFusionError, ValueError):
+    """A required dimension (``time`` or a spatial one) is missing."""
+
+
+class VariableNotFoundError(XFusionError, KeyError):
+    """A variable name given by the user is not on the dataset."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class GridMismatchError(XFusionError, ValueError):
+    """Arrays that must share one pixel grid do not."""
+
+
+class CRSMismatchError(GridMismatchError):
+    """Arrays that must share one CRS do not."""
+
+
+class TimeAxisError(XFusionError, ValueError):
+    """The time axis is unsorted, has duplicates, or lacks a needed date."""
+
+
+class MissingNodataError(XFusionError, ValueError):
+    """Integer data without a declared nodata value (NaN cannot mark gaps in integers)."""
+
+
+class NoOverlapError(XFusionError, ValueError):
+    """Fine and coarse observations share no valid pixel or no date."""
+
+
+class InvalidParameterError(XFusionError, ValueError):
+    """A parameter value is out of its allowed range or of the wrong kind."""
+
+
+class ChunkingError(XFusionError, ValueError):
+    """The dask chunking cannot be used as it is (say how to rechunk)."""
+
+
+class WeightsNotFoundError(XFusionError, FileNotFoundError):
+    """Model weights could not be found."""
+
+
+class MissingOptionalDependency(XFusionError, ImportError):
+    """An optional dependency needed by the called function is not installed."""
