@@ -15,7 +15,7 @@ from xfusion.errors import InvalidParameterError
 from xfusion.testing import raise_if_dask_computes
 
 torch = pytest.importorskip("torch")
-from xfusion.testing.models import ConvModel, IdentityModel, UpsampleModel  # noqa: E402
+from xfusion.testing.models import ConvModel, IdentityModel, UpsampleModel
 
 
 def _direct(model, x):
@@ -243,9 +243,9 @@ def test_wrong_output_shape_message(image):
 
 
 def _georef(arr, crs="EPSG:32633"):
+    from affine import Affine
     from odc.geo.geobox import GeoBox
     from odc.geo.xr import xr_coords
-    from affine import Affine
 
     gbox = GeoBox(arr.shape[-2:], Affine(30, 0, 500000, 0, -30, 4100000), crs)
     coords = xr_coords(gbox)

@@ -10,11 +10,20 @@ from importlib.metadata import PackageNotFoundError, version
 
 from xfusion import accessor as _accessor  # noqa: F401  (registers .fusion)
 from xfusion import errors
-from xfusion.cube import validate_cube
+from xfusion.cube import from_geotiffs, from_numpy, mark_observed, validate_cube
+from xfusion.methods.baseline import baseline
 
 try:
     __version__ = version("xfusion")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "errors", "validate_cube"]
+__all__ = [
+    "__version__",
+    "baseline",
+    "errors",
+    "from_geotiffs",
+    "from_numpy",
+    "mark_observed",
+    "validate_cube",
+]

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import xarray as xr
 
 from xfusion.cube.validate import validate_cube
+from xfusion.methods.baseline import baseline
 
 __all__ = ["FusionDataArrayAccessor", "FusionDatasetAccessor"]
 
@@ -43,6 +44,7 @@ class FusionDatasetAccessor(_FusionBase):
     """Fusion methods on a fusion cube (``ds.fusion.<method>(...)``)."""
 
     validate = _delegate(validate_cube)
+    baseline = _delegate(baseline)
 
 
 @xr.register_dataarray_accessor("fusion")

@@ -16,6 +16,7 @@ __all__ = [
     "MissingNodataError",
     "MissingOptionalDependency",
     "NoOverlapError",
+    "RasterReadError",
     "TimeAxisError",
     "VariableNotFoundError",
     "WeightsNotFoundError",
@@ -64,6 +65,10 @@ class InvalidParameterError(XFusionError, ValueError):
 
 class ChunkingError(XFusionError, ValueError):
     """The dask chunking cannot be used as it is (say how to rechunk)."""
+
+
+class RasterReadError(XFusionError, OSError):
+    """A raster file could not be opened or read."""
 
 
 class WeightsNotFoundError(XFusionError, FileNotFoundError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from xfusion.cube.build import RasterReadError, from_geotiffs, from_numpy, mark_observed
 from xfusion.cube.validate import (
     CubeInfo,
     get_geobox,
@@ -16,6 +17,10 @@ from xfusion.cube.validate import (
 
 __all__ = [
     "CubeInfo",
+    "RasterReadError",
+    "from_geotiffs",
+    "from_numpy",
+    "mark_observed",
     "get_geobox",
     "get_nodata",
     "observed_times",

@@ -23,6 +23,7 @@ from xfusion.errors import (
     GridMismatchError,
     MissingDimensionError,
     MissingNodataError,
+    NoOverlapError,
     TimeAxisError,
     VariableNotFoundError,
 )
@@ -154,6 +155,12 @@ def _check_nodata(var: xr.DataArray, name: str) -> None:
         )
 
 
+def _crs_label(crs: Any) -> str:
+    """``EPSG:XXXX`` when the CRS has an EPSG code, else its WKT (shorter messages)."""
+    epsg = getattr(crs, "epsg", None)
+    return f"EPSG:{epsg}" if epsg else str(crs)
+
+
 def require_same_grid(
     a: xr.Dataset | xr.DataArray,
     b: xr.Dataset | xr.DataArray,
@@ -164,7 +171,8 @@ def require_same_grid(
     ga, gb = get_geobox(a, name=names[0]), get_geobox(b, name=names[1])
     if ga.crs != gb.crs:
         raise CRSMismatchError(
-            f"{names[0]!r} and {names[1]!r} are in different CRSs ({ga.crs} vs {gb.crs}). "
+            f"{names[0]!r} and {names[1]!r} are in different CRSs ({_crs_label(ga.crs)} vs "
+            f"{_crs_label(gb.crs)}). "
             f"Reproject {names[1]!r} onto the {names[0]!r} grid with "
             f"`{names[1]}.odc.reproject(fine.odc.geobox, resampling='bilinear')`, or build the "
             "cube with `xfusion.cube.from_geotiffs(...)`, which does it for you."
@@ -232,6 +240,9 @@ def validate_cube(
     ------
     MissingDimensionError, TimeAxisError, VariableNotFoundError, MissingNodataError,
     GridMismatchError
+    NoOverlapError
+        When every fine and coarse variable declares ``observed_<name>`` and no date has
+        both a fine and a coarse observation (no pair to fuse from).
     """
     if not isinstance(ds, xr.Dataset):
         raise TypeError(
@@ -264,7 +275,32 @@ def validate_cube(
                 )
             _check_nodata(var, n)
             nodata[n] = get_nodata(var)
+    if require_time_dim and roles["fine"] and roles["coarse"]:
+        _require_pair_date(ds, roles["fine"], roles["coarse"])
     return CubeInfo(dims=dims, geobox=gbox, roles=roles, nodata=nodata)
+
+
+def _dates(ds: xr.Dataset, mask: np.ndarray) -> list[str]:
+    out = [str(v)[:10] for v in np.asarray(ds.indexes[TIME])[mask]]
+    return out if len(out) <= 12 else [*out[:6], "...", *out[-6:]]
+
+
+def _require_pair_date(ds: xr.Dataset, fine: Sequence[str], coarse: Sequence[str]) -> None:
+    """Raise :class:`NoOverlapError` when declared availability leaves no (fine, coarse) pair."""
+    f_obs = [observed_times(ds, n) for n in fine]
+    c_obs = [observed_times(ds, n) for n in coarse]
+    if any(o is None for o in (*f_obs, *c_obs)):
+        return  # availability not declared: nothing can be said without reading pixels
+    f_all = np.logical_and.reduce([o for o in f_obs if o is not None])
+    c_all = np.logical_and.reduce([o for o in c_obs if o is not None])
+    if not np.any(f_all & c_all):
+        raise NoOverlapError(
+            f"No date has both a fine and a coarse observation, so there is no pair to fuse "
+            f"from. Fine {list(fine)!r} observed on {_dates(ds, f_all)!r}; coarse "
+            f"{list(coarse)!r} observed on {_dates(ds, c_all)!r}. Add a coarse image on a "
+            "fine date (or a fine image on a coarse date); if the observed_* coordinates are "
+            "wrong, recompute them with `xfusion.cube.mark_observed(ds)`."
+        )
 
 
 def observed_times(ds: xr.Dataset, name: str) -> np.ndarray | None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from xfusion._compat import lazy_import
 from xfusion.config import check_device, check_precision
+from xfusion.errors import InvalidParameterError
 
 if TYPE_CHECKING:
     import torch

@@ -5,6 +5,7 @@ Coordinates are half-open ``[start, stop)`` intervals along one axis.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 __all__ = ["Tile", "block_halos", "split_axis", "tiles_2d"]
@@ -51,7 +52,7 @@ def _owned(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Disjoint cover from possibly overlapping spans: each span owns from its start (or the
     midpoint of the overlap with the previous span) to the next span's cut."""
     cuts = [spans[0][0]]
-    for (_, prev_stop), (start, _) in zip(spans[:-1], spans[1:], strict=True):
+    for (_, prev_stop), (start, _) in itertools.pairwise(spans):
         cuts.append((start + prev_stop) // 2 if start < prev_stop else start)
     cuts.append(spans[-1][1])
     return [(cuts[i], cuts[i + 1]) for i in range(len(spans))]

@@ -7,6 +7,8 @@ Each declares ``halo`` (receptive-field radius in input pixels), ``scale`` and
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -40,7 +42,7 @@ class ConvModel(nn.Module):
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         chans = [in_channels] + [width] * (layers - 1) + [out_channels]
         convs = []
-        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
+        for cin, cout in itertools.pairwise(chans):
             conv = nn.Conv2d(cin, cout, 3, padding=1)
             if gen is not None:
                 with torch.no_grad():

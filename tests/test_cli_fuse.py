@@ -1,0 +1,303 @@
+"""The ``xfusion`` command line: fuse end to end on tiny GeoTIFFs, usage errors, demo, version."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from rasterio.transform import from_origin
+
+import xfusion
+from xfusion import cli
+from xfusion.cli import METHODS, MethodEntry, Param, main
+
+FINE_T = from_origin(500000, 4000000, 30, 30)
+COARSE_T = from_origin(499880, 4000120, 120, 120)
+A, B, C, D = 0.2, 0.25, 0.3, 0.4  # fine at pair, coarse at pair, coarse at the two targets
+
+
+def write_tif(path, data, *, transform=FINE_T, nodata=None, descriptions=None):
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        count=data.shape[0],
+        height=data.shape[1],
+        width=data.shape[2],
+        dtype=data.dtype,
+        crs="EPSG:32633",
+        transform=transform,
+        nodata=nodata,
+    ) as dst:
+        dst.write(data)
+        for i, d in enumerate(descriptions or [], start=1):
+            dst.set_band_description(i, d)
+    return str(path)
+
+
+@pytest.fixture
+def tifs(tmp_path):
+    return {
+        "fine": write_tif(tmp_path / "fine_0308.tif", np.full((8, 6), A, "float32")),
+        "c1": write_tif(
+            tmp_path / "coarse_0308.tif", np.full((3, 3), B, "float32"), transform=COARSE_T
+        ),
+        "c2": write_tif(
+            tmp_path / "coarse_0317.tif", np.full((3, 3), C, "float32"), transform=COARSE_T
+        ),
+        "c3": write_tif(
+            tmp_path / "coarse_0325.tif", np.full((3, 3), D, "float32"), transform=COARSE_T
+        ),
+    }
+
+
+def fuse_args(tifs, out, *extra):
+    return [
+        "fuse",
+        "baseline",
+        "--fine",
+        f"2020-03-08={tifs['fine']}",
+        "--coarse",
+        f"2020-03-08={tifs['c1']}",
+        "--coarse",
+        f"2020-03-17={tifs['c2']}",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_fuse_geotiff_known_answer(tifs, tmp_path, capsys):
+    out = tmp_path / "pred.tif"
+    assert main(fuse_args(tifs, out, "--target", "2020-03-17", "--chunks", "4")) == 0
+    assert "wrote 1 target(s)" in capsys.readouterr().out
+    with rasterio.open(out) as src:
+        assert src.count == 1
+        assert src.descriptions == ("2020-03-17",)
+        assert src.crs.to_epsg() == 32633
+        assert tuple(src.transform)[:6] == tuple(FINE_T)[:6]
+        assert np.isnan(src.nodata)
+        np.testing.assert_allclose(
+            src.read(1), np.float32(A) + (np.float32(C) - np.float32(B)), atol=1e-6
+        )
+
+
+def test_fuse_several_targets_one_band_each(tifs, tmp_path):
+    out = tmp_path / "pred.tif"
+    args = fuse_args(
+        tifs, out, "--coarse", f"2020-03-25={tifs['c3']}", "--param", "method=fine-at-pair"
+    )
+    assert main(args) == 0  # default targets: every coarse date without fine
+    with rasterio.open(out) as src:
+        assert src.descriptions == ("2020-03-17", "2020-03-25")
+        np.testing.assert_allclose(src.read(), A, atol=1e-6)
+
+
+def test_fuse_multiband_layout(tmp_path):
+    f = np.stack([np.full((4, 4), 1.0), np.full((4, 4), 2.0)]).astype("float32")
+    fine = write_tif(tmp_path / "f.tif", f, descriptions=["red", "nir"])
+    c1 = write_tif(tmp_path / "c1.tif", f * 10, descriptions=["red", "nir"])
+    c2 = write_tif(tmp_path / "c2.tif", f * 11, descriptions=["red", "nir"])
+    c3 = write_tif(tmp_path / "c3.tif", f * 12, descriptions=["red", "nir"])
+    out = tmp_path / "multi.tif"
+    args = [
+        "fuse",
+        "baseline",
+        "--fine",
+        f"2020-01-01={fine}",
+        "--coarse",
+        f"2020-01-01={c1}",
+        "--coarse",
+        f"2020-01-02={c2}",
+        "--coarse",
+        f"2020-01-03={c3}",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    with rasterio.open(out) as src:
+        assert src.descriptions == (
+            "2020-01-02/fine_red",
+            "2020-01-02/fine_nir",
+            "2020-01-03/fine_red",
+            "2020-01-03/fine_nir",
+        )
+        np.testing.assert_allclose(src.read()[:, 0, 0], [2.0, 4.0, 3.0, 6.0], atol=1e-5)
+
+
+def test_fuse_zarr(tifs, tmp_path):
+    out = tmp_path / "pred.zarr"
+    assert main(fuse_args(tifs, out, "--param", "pairs=before")) == 0
+    ds = xr.open_zarr(out, decode_coords="all", consolidated=False)
+    assert list(ds.data_vars) == ["fine"]
+    assert str(ds.time.values[0])[:10] == "2020-03-17"
+    assert str(ds.pair_time.values[0])[:10] == "2020-03-08"
+    np.testing.assert_allclose(
+        ds.fine.values, np.float32(A) + (np.float32(C) - np.float32(B)), atol=1e-6
+    )
+    assert ds.odc.geobox.crs.epsg == 32633
+
+
+def test_out_exists_needs_overwrite(tifs, tmp_path, capsys):
+    out = tmp_path / "pred.tif"
+    out.write_bytes(b"")
+    assert main(fuse_args(tifs, out)) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(fuse_args(tifs, out, "--overwrite")) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv_change", "message"),
+    [
+        (
+            lambda a: [*a[:1], "starfish", *a[2:]],
+            r"unknown METHOD 'starfish'; choose one of \['baseline'",
+        ),
+        (lambda a: [x.replace("2020-03-08=", "2020-03-08:") for x in a], "expected DATE=PATH"),
+        (lambda a: [x.replace("2020-03-08=", "March8=") for x in a], "'March8' .* is not a date"),
+        (
+            lambda a: [*a, "--param", "window=5"],
+            r"unknown --param 'window' for method 'baseline'; valid keys: \['method', 'pairs'\]",
+        ),
+        (
+            lambda a: [*a, "--param", "method=best"],
+            r"invalid value 'best' for method; choose one of",
+        ),
+        (lambda a: [*a, "--param", "method"], "expected KEY=VALUE"),
+        (lambda a: [*a, "--chunks", "0"], "expected a positive integer"),
+        (
+            lambda a: [x.replace(".tif", ".png") if x.endswith("pred.tif") else x for x in a],
+            "must end in .tif",
+        ),
+    ],
+)
+def test_usage_errors_exit_2_without_traceback(tifs, tmp_path, capsys, argv_change, message):
+    import re
+
+    argv = argv_change(fuse_args(tifs, tmp_path / "pred.tif"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+    assert "usage: xfusion fuse" in err
+    assert not (tmp_path / "pred.tif").exists()
+
+
+def test_unreadable_path_exits_1_naming_it(tifs, tmp_path, capsys):
+    missing = str(tmp_path / "nope.tif")
+    argv = fuse_args(tifs, tmp_path / "pred.tif")
+    argv[argv.index(f"2020-03-17={tifs['c2']}")] = f"2020-03-17={missing}"
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "RasterReadError" in err and repr(missing) in err
+    assert "Traceback" not in err
+
+
+def test_no_pair_exits_1(tifs, tmp_path, capsys):
+    argv = [
+        "fuse",
+        "baseline",
+        "--fine",
+        f"2020-03-08={tifs['fine']}",
+        "--coarse",
+        f"2020-03-17={tifs['c2']}",
+        "--out",
+        str(tmp_path / "p.tif"),
+    ]
+    assert main(argv) == 1
+    assert "No date has both a fine and a coarse observation" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"xfusion {xfusion.__version__}"
+
+
+def test_help_lists_methods_and_layout(capsys):
+    assert main(["fuse", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline:" in out and "method=..." in out and "one band per (target, variable)" in out
+
+
+def test_demo_calls_run_demo(monkeypatch, tmp_path, capsys):
+    calls = []
+    fake = types.ModuleType("xfusion.demo")
+    fake.run_demo = lambda **kw: calls.append(kw) or "demo done"
+    monkeypatch.setitem(sys.modules, "xfusion.demo", fake)
+    assert main(["demo", "--out", str(tmp_path), "--size", "32"]) == 0
+    assert calls == [{"out": str(tmp_path), "size": 32}]
+    assert main(["demo"]) == 0
+    assert calls[-1] == {}
+    assert "demo done" in capsys.readouterr().out
+
+
+def test_registry_adds_a_method_with_one_entry(tifs, tmp_path, monkeypatch):
+    seen = {}
+
+    def shift(ds, /, *, fine, coarse, targets=None, offset=0.0):
+        from xfusion.methods.baseline import baseline
+
+        seen["offset"] = offset
+        return (
+            baseline(ds, fine=fine, coarse=coarse, targets=targets, method="fine-at-pair") + offset
+        )
+
+    monkeypatch.setattr(sys.modules[__name__], "shift", shift, raising=False)
+    entry = MethodEntry(
+        target=f"{__name__}:shift", help="test", params={"offset": Param(parse=float)}
+    )
+    monkeypatch.setitem(METHODS, "shift", entry)
+    out = tmp_path / "s.tif"
+    argv = fuse_args(tifs, out, "--param", "offset=1.5")
+    argv[1] = "shift"
+    assert main(argv) == 0
+    assert seen["offset"] == 1.5
+    with rasterio.open(out) as src:
+        np.testing.assert_allclose(src.read(1), A + 1.5, atol=1e-6)
+    bad = fuse_args(tifs, out, "--overwrite", "--param", "offset=abc")
+    bad[1] = "shift"
+    assert main(bad) == 2
+
+
+def test_python_dash_m_subprocess(tifs, tmp_path):
+    out = tmp_path / "sub.tif"
+    argv = fuse_args(tifs, out, "--target", "2020-03-17")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run(
+        [sys.executable, "-m", "xfusion", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    with rasterio.open(out) as src:
+        np.testing.assert_allclose(
+            src.read(1), np.float32(A) + (np.float32(C) - np.float32(B)), atol=1e-6
+        )
+    bad = subprocess.run(
+        [sys.executable, "-m", "xfusion", "fuse", "nope", "--fine", "x=y"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_cli_module_does_not_import_heavy_modules_at_import():
+    code = "import sys, xfusion.cli; print(any(m in sys.modules for m in ('rioxarray', 'torch')))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "False"
+    assert cli.METHODS["baseline"].load().__name__ == "baseline"
