@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -226,18 +225,6 @@ def test_help_lists_methods_and_layout(capsys):
     assert main(["fuse", "--help"]) == 0
     out = capsys.readouterr().out
     assert "baseline:" in out and "method=..." in out and "one band per (target, variable)" in out
-
-
-def test_demo_calls_run_demo(monkeypatch, tmp_path, capsys):
-    calls = []
-    fake = types.ModuleType("xfusion.demo")
-    fake.run_demo = lambda **kw: calls.append(kw) or "demo done"
-    monkeypatch.setitem(sys.modules, "xfusion.demo", fake)
-    assert main(["demo", "--out", str(tmp_path), "--size", "32"]) == 0
-    assert calls == [{"out": str(tmp_path), "size": 32}]
-    assert main(["demo"]) == 0
-    assert calls[-1] == {}
-    assert "demo done" in capsys.readouterr().out
 
 
 def test_registry_adds_a_method_with_one_entry(tifs, tmp_path, monkeypatch):

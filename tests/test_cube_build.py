@@ -337,3 +337,54 @@ def test_mark_observed_selected_names():
     ds = from_numpy({"a": np.ones((3, 6, 7)), "b": np.ones((3, 6, 7))}, geobox=GBOX, times=TIMES)
     out = mark_observed(ds, "b")
     assert "observed_b" in out.coords and "observed_a" not in out.coords
+
+
+# --------------------------------------------------------------------------------------------
+# combine()
+
+
+def test_combine_aligns_by_day_and_marks_observed():
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    from xfusion.cube import combine, validate_cube
+
+    gbox = GeoBox((6, 5), Affine(30, 0, 500000, 0, -30, 4100000), "EPSG:32633")
+    fine = xr.DataArray(np.ones((2, 6, 5), "float32"), dims=("time", "y", "x"),
+                        coords={"time": np.array(["2021-01-01T10:10", "2021-01-05T10:12"],
+                                                 dtype="datetime64[ns]"),
+                                **dict(_grid(gbox).items())}, name="lwir11")
+    coarse = xr.DataArray(np.full((3, 6, 5), 2, "float32"), dims=("time", "y", "x"),
+                          coords={"time": np.array(["2021-01-01", "2021-01-03", "2021-01-05"],
+                                                   dtype="datetime64[ns]"),
+                                  **dict(_grid(gbox).items())}, name="lst")
+    cube = combine(fine.chunk({"x": 2}), coarse.chunk({"x": 2}), fine_name="fine",
+                   coarse_name="coarse")
+    assert list(cube.time.dt.day.values) == [1, 3, 5]
+    assert list(cube.observed_fine.values) == [True, False, True]
+    assert list(cube.observed_coarse.values) == [True, True, True]
+    assert np.isnan(cube.fine.isel(time=1)).all() and (cube.coarse == 2).all()
+    assert cube.fine.chunks is not None  # stays lazy
+    validate_cube(cube, fine="fine", coarse="coarse")
+
+
+def test_combine_refuses_other_grids():
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    from xfusion.cube import combine
+    from xfusion.errors import GridMismatchError
+
+    g1 = GeoBox((6, 5), Affine(30, 0, 500000, 0, -30, 4100000), "EPSG:32633")
+    g2 = GeoBox((6, 5), Affine(60, 0, 500000, 0, -60, 4100000), "EPSG:32633")
+    t = np.array(["2021-01-01"], dtype="datetime64[ns]")
+    a = xr.DataArray(np.ones((1, 6, 5)), dims=("time", "y", "x"), coords={"time": t, **_grid(g1)})
+    b = xr.DataArray(np.ones((1, 6, 5)), dims=("time", "y", "x"), coords={"time": t, **_grid(g2)})
+    with pytest.raises(GridMismatchError, match="different pixel grids"):
+        combine(a.rename("f"), b.rename("c"))
+
+
+def _grid(gbox):
+    from odc.geo.xr import xr_coords
+
+    return xr_coords(gbox)

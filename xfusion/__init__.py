@@ -10,7 +10,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from xfusion import accessor as _accessor  # noqa: F401  (registers .fusion)
 from xfusion import errors
-from xfusion.cube import from_geotiffs, from_numpy, mark_observed, validate_cube
+from xfusion.cube import combine, from_geotiffs, from_numpy, mark_observed, validate_cube
+from xfusion.cube.stac import load_cube
 from xfusion.methods.baseline import baseline
 
 try:
@@ -21,9 +22,11 @@ except PackageNotFoundError:  # running from a source tree without installation
 __all__ = [
     "__version__",
     "baseline",
+    "combine",
     "errors",
     "from_geotiffs",
     "from_numpy",
+    "load_cube",
     "mark_observed",
     "validate_cube",
 ]

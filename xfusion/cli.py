@@ -378,17 +378,9 @@ def _write_zarr(out: Any, path: str) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    try:
-        demo = importlib.import_module("xfusion.demo")
-    except ModuleNotFoundError as err:
-        if err.name != "xfusion.demo":
-            raise
-        print("xfusion: error: the demo is not available in this installation", file=sys.stderr)
-        return 1
+    demo = importlib.import_module("xfusion.demo")
     kwargs = {k: v for k, v in (("out", args.out), ("size", args.size)) if v is not None}
-    result = demo.run_demo(**kwargs)
-    if result is not None:
-        print(result)
+    demo.run_demo(**kwargs)
     return 0
 
 

@@ -54,7 +54,7 @@ class EngineConfig:
     batch_size: int | None = None
     """Tiles per model call; ``None`` derives it from ``memory_budget``."""
 
-    memory_budget: int = 1 << 30
+    memory_budget: int = 256 << 20
     """Bytes one batch of activations may take (used when ``batch_size`` is None)."""
 
     blend: str = "none"

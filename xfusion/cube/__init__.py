@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from xfusion.cube.build import RasterReadError, from_geotiffs, from_numpy, mark_observed
+from xfusion.cube.build import RasterReadError, combine, from_geotiffs, from_numpy, mark_observed
+from xfusion.cube.stac import load_cube
 from xfusion.cube.validate import (
     CubeInfo,
     get_geobox,
@@ -18,8 +19,10 @@ from xfusion.cube.validate import (
 __all__ = [
     "CubeInfo",
     "RasterReadError",
+    "combine",
     "from_geotiffs",
     "from_numpy",
+    "load_cube",
     "mark_observed",
     "get_geobox",
     "get_nodata",

@@ -34,7 +34,7 @@ from xfusion.errors import (
     TimeAxisError,
 )
 
-__all__ = ["RasterReadError", "from_geotiffs", "from_numpy", "mark_observed"]
+__all__ = ["RasterReadError", "combine", "from_geotiffs", "from_numpy", "mark_observed"]
 
 DateLike: TypeAlias = str | _dt.date | np.datetime64
 """A date: ``"YYYY-MM-DD"`` (any ISO 8601 string), :class:`datetime.date`/``datetime`` or
@@ -795,3 +795,94 @@ def mark_observed(ds: xr.Dataset, /, names: Iterable[str] | str | None = None) -
     for n, f in zip(names, computed, strict=True):
         out.coords[f"observed_{n}"] = (TIME, np.asarray(f.values, dtype=bool))
     return out
+
+
+def _role_dataset(obj: xr.Dataset | xr.DataArray, name: str | None, role: str) -> xr.Dataset:
+    if isinstance(obj, xr.DataArray):
+        return obj.to_dataset(name=name or (str(obj.name) if obj.name is not None else role))
+    if not isinstance(obj, xr.Dataset):
+        raise TypeError(
+            f"{role}= must be an xarray Dataset or DataArray (e.g. from xfusion.load_cube), "
+            f"found {type(obj).__name__}."
+        )
+    if name is not None:
+        if len(obj.data_vars) != 1:
+            raise InvalidParameterError(
+                f"{role}_name={name!r} renames a single variable, but {role}= has "
+                f"{sorted(map(str, obj.data_vars))!r}. Select one first, e.g. {role}[['lwir11']]."
+            )
+        obj = obj.rename({next(iter(obj.data_vars)): name})
+    return obj
+
+
+def combine(
+    fine: xr.Dataset | xr.DataArray,
+    coarse: xr.Dataset | xr.DataArray,
+    /,
+    *guides: xr.Dataset | xr.DataArray,
+    fine_name: str | None = None,
+    coarse_name: str | None = None,
+    align: str | None = "day",
+) -> xr.Dataset:
+    """Combine fine and coarse observations already on one grid into a fusion cube, lazily.
+
+    Sensors overpass at different hours, so by default times are aligned to the calendar day
+    (UTC) before the union of dates is taken; each variable is NaN at dates it did not
+    observe, and ``observed_<var>`` coordinates record which dates each sensor has.
+
+    Parameters
+    ----------
+    fine, coarse : xarray.Dataset or xarray.DataArray
+        Fine and coarse observations on the SAME GeoBox (e.g. two :func:`xfusion.load_cube`
+        calls with one ``geobox=``), each with a ``time`` dimension.
+    *guides : xarray.Dataset or xarray.DataArray
+        Extra variables on the same grid (NDVI, SAR...), with or without ``time``.
+    fine_name, coarse_name : str, optional
+        Rename the single variable of ``fine``/``coarse`` (e.g. ``"fine"``, ``"coarse"``).
+    align : {"day", None}
+        ``"day"`` floors every time to its UTC day; ``None`` keeps exact timestamps.
+
+    Returns
+    -------
+    xarray.Dataset
+        The fusion cube (lazy when the inputs are).
+
+    Raises
+    ------
+    GridMismatchError
+        When the inputs are not on one grid (resample first, e.g. load with one geobox).
+    TimeAxisError
+        When one input has two acquisitions on the same day (mosaic them first:
+        ``load_cube(..., groupby="solar_day")``).
+    """
+    from xfusion.cube.validate import require_same_grid, require_time
+
+    if align not in ("day", None):
+        raise InvalidParameterError(f"align must be 'day' or None, found {align!r}.")
+    parts = [_role_dataset(fine, fine_name, "fine"), _role_dataset(coarse, coarse_name, "coarse")]
+    parts += [_role_dataset(g, None, "guide") for g in guides]
+    names = ["fine", "coarse"] + [f"guide {i}" for i in range(len(guides))]
+    for part, role in zip(parts[1:], names[1:], strict=True):
+        require_same_grid(parts[0], part, names=("fine", role))
+    aligned = []
+    for part, role in zip(parts, names, strict=True):
+        if TIME in part.dims:
+            require_time(part, name=role)
+            if align == "day":
+                days = part[TIME].dt.floor("D")
+                if days.to_index().has_duplicates:
+                    raise TimeAxisError(
+                        f"The {role} input has several acquisitions on one day "
+                        f"({sorted({str(d)[:10] for d in days.values})[:5]}...). Mosaic them per day "
+                        "first, e.g. load with groupby='solar_day', or pass align=None."
+                    )
+                part = part.assign_coords({TIME: days.values})
+            part = part.assign_coords(
+                {f"observed_{v}": (TIME, np.ones(part.sizes[TIME], bool)) for v in part.data_vars
+                 if TIME in part[v].dims}
+            )
+        aligned.append(part)
+    cube = xr.merge(aligned, join="outer", compat="override", combine_attrs="drop_conflicts")
+    for c in [c for c in cube.coords if str(c).startswith("observed_")]:
+        cube = cube.assign_coords({c: cube[c].fillna(False).astype(bool)})
+    return cube
