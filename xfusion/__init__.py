@@ -14,6 +14,18 @@ from xfusion.cube import combine, from_geotiffs, from_numpy, mark_observed, vali
 from xfusion.cube.stac import load_cube
 from xfusion.methods.baseline import baseline
 
+_SUBMODULES = ("config", "cube", "engine", "io", "metrics", "testing")
+
+
+def __getattr__(name: str) -> object:
+    """Import the public submodules on first access (``xfusion.io.to_zarr(...)``)."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"xfusion.{name}")
+    raise AttributeError(f"module 'xfusion' has no attribute {name!r}")
+
+
 try:
     __version__ = version("xfusion")
 except PackageNotFoundError:  # running from a source tree without installation
