@@ -359,12 +359,24 @@ def _check_ratio(ratio: Any) -> float:
 # --------------------------------------------------------------------------------------------
 # public per-band metrics
 # --------------------------------------------------------------------------------------------
-def rmse(
-    pred: Obj, ref: Obj, /, *, dims: str | Sequence[Hashable] | None = None, band_dim: str = "band"
-) -> Obj:
-    """Root-mean-square error per band, over pixels where both inputs are finite.
+def _simple_metric(fname: str, kernel: Any, name: str, summary: str, returns: str) -> Any:
+    """Build a public per-band metric ``fname`` from a masked reduction ``kernel``."""
 
-    Parameters
+    def metric(
+        pred: Obj, ref: Obj, /, *, dims: str | Sequence[Hashable] | None = None,
+        band_dim: str = "band",
+    ) -> Obj:
+        return _per_band(pred, ref, kernel, dims=dims, band_dim=band_dim, name=name)
+
+    metric.__name__ = metric.__qualname__ = fname
+    metric.__doc__ = f"""{summary}
+
+{_SIMPLE_DOC}        {returns}
+    """
+    return metric
+
+
+_SIMPLE_DOC = """    Parameters
     ----------
     pred : xarray.Dataset or xarray.DataArray
         The prediction (bands as data variables, or a DataArray).
@@ -378,81 +390,22 @@ def rmse(
     Returns
     -------
     xarray.Dataset or xarray.DataArray
-        Same kind as the input; lazy when the input is dask-backed.
-    """
-    return _per_band(pred, ref, _rmse, dims=dims, band_dim=band_dim, name="rmse")
+"""
 
-
-def mae(
-    pred: Obj, ref: Obj, /, *, dims: str | Sequence[Hashable] | None = None, band_dim: str = "band"
-) -> Obj:
-    """Mean absolute error per band, over pixels where both inputs are finite.
-
-    Parameters
-    ----------
-    pred : xarray.Dataset or xarray.DataArray
-        The prediction (bands as data variables, or a DataArray).
-    ref : xarray.Dataset or xarray.DataArray
-        The reference, of the same kind, bands and coordinates.
-    dims : str or sequence of str, optional
-        Dimensions to reduce over; default all dims of a band.
-    band_dim : str
-        Band dimension of a DataArray input (default ``"band"``); ignored for Datasets.
-
-    Returns
-    -------
-    xarray.Dataset or xarray.DataArray
-        Same kind as the input; lazy when the input is dask-backed.
-    """
-    return _per_band(pred, ref, _mae, dims=dims, band_dim=band_dim, name="mae")
-
-
-def bias(
-    pred: Obj, ref: Obj, /, *, dims: str | Sequence[Hashable] | None = None, band_dim: str = "band"
-) -> Obj:
-    """Mean error ``pred - ref`` per band (positive: the prediction is too high).
-
-    Parameters
-    ----------
-    pred : xarray.Dataset or xarray.DataArray
-        The prediction (bands as data variables, or a DataArray).
-    ref : xarray.Dataset or xarray.DataArray
-        The reference, of the same kind, bands and coordinates.
-    dims : str or sequence of str, optional
-        Dimensions to reduce over; default all dims of a band.
-    band_dim : str
-        Band dimension of a DataArray input (default ``"band"``); ignored for Datasets.
-
-    Returns
-    -------
-    xarray.Dataset or xarray.DataArray
-        Same kind as the input; lazy when the input is dask-backed.
-    """
-    return _per_band(pred, ref, _bias, dims=dims, band_dim=band_dim, name="bias")
-
-
-def pearson_r(
-    pred: Obj, ref: Obj, /, *, dims: str | Sequence[Hashable] | None = None, band_dim: str = "band"
-) -> Obj:
-    """Pearson correlation coefficient per band, over pixels where both inputs are finite.
-
-    Parameters
-    ----------
-    pred : xarray.Dataset or xarray.DataArray
-        The prediction (bands as data variables, or a DataArray).
-    ref : xarray.Dataset or xarray.DataArray
-        The reference, of the same kind, bands and coordinates.
-    dims : str or sequence of str, optional
-        Dimensions to reduce over; default all dims of a band.
-    band_dim : str
-        Band dimension of a DataArray input (default ``"band"``); ignored for Datasets.
-
-    Returns
-    -------
-    xarray.Dataset or xarray.DataArray
-        Same kind as the input; NaN where either input is constant.
-    """
-    return _per_band(pred, ref, _pearson, dims=dims, band_dim=band_dim, name="r")
+rmse = _simple_metric("rmse", _rmse, "rmse",
+                      "Root-mean-square error per band, over pixels where both inputs are finite.",
+                      "Same kind as the input; lazy when the input is dask-backed.")
+mae = _simple_metric("mae", _mae, "mae",
+                     "Mean absolute error per band, over pixels where both inputs are finite.",
+                     "Same kind as the input; lazy when the input is dask-backed.")
+bias = _simple_metric("bias", _bias, "bias",
+                      "Mean error ``pred - ref`` per band (positive: the prediction is too high).",
+                      "Same kind as the input; lazy when the input is dask-backed.")
+pearson_r = _simple_metric(
+    "pearson_r", _pearson, "r",
+    "Pearson correlation coefficient per band, over pixels where both inputs are finite.",
+    "Same kind as the input; NaN where either input is constant.",
+)
 
 
 def psnr(
