@@ -391,3 +391,164 @@ def test_baseline_nothing_to_predict():
 def test_all_errors_are_xfusion_errors():
     with pytest.raises(XFusionError):
         baseline(cube(), fine="fine", coarse="coarse", method="x")
+
+
+# ---------------------------------------------------------------------------------------------
+# starfm (every bad input of the STARFM issue)
+
+
+def starfm_cube(**kw):
+    a = np.arange(60, dtype="float32").reshape(3, 4, 5) * 10 + 100
+    obs = kw.pop("observed", {"fine": [True, False, False], "coarse": [True, True, True]})
+    gbox = kw.pop("geobox", GBOX)
+    return from_numpy({"fine": a, "coarse": a * 2}, geobox=gbox, times=TIMES, observed=obs)
+
+
+def test_starfm_no_pair_before_the_target():
+    from xfusion import starfm
+
+    ds = starfm_cube(observed={"fine": [False, False, True], "coarse": [True, True, True]})
+    with pytest.raises(
+        NoOverlapError,
+        match=r"starfm\(\) found no pair \(a date with both fine and coarse observed\) before the "
+        r"target\(s\) \['2020-01-05'\]; pairs='nearest' predicts each target from the nearest pair "
+        r"BEFORE it\. Pair dates: \['2020-01-09'\]\. Use pairs='after'",
+    ):
+        starfm(ds, fine="fine", coarse="coarse", targets="2020-01-05", max_search_distance=60)
+
+
+def test_starfm_two_pair_mode_needs_both_sides():
+    from xfusion import starfm
+
+    with pytest.raises(
+        NoOverlapError,
+        match=r"starfm\(\) two-pair mode \(pairs='bracket'\) needs a pair .* before AND after "
+        r"every target, but the target\(s\) \['2020-01-05', '2020-01-09'\] lack one side\. Pair "
+        r"dates: \['2020-01-01'\]\. Use pairs='nearest'",
+    ):
+        starfm(starfm_cube(), fine="fine", coarse="coarse", pairs="bracket", max_search_distance=60)
+
+
+def test_starfm_fine_and_coarse_on_different_grids():
+    from xfusion import starfm
+
+    ds = starfm_cube()
+    ds["coarse"] = (("time", "yc", "xc"), np.zeros((3, 2, 2), "float32"))
+    with pytest.raises(
+        MissingDimensionError,
+        match=r"Variable 'coarse' lacks the spatial dims \['y', 'x'\] of the cube \(its dims are "
+        r"\('time', 'yc', 'xc'\)\)\. .*var\.odc\.reproject\(ds\.odc\.geobox\)",
+    ):
+        starfm(ds, fine="fine", coarse="coarse", max_search_distance=60)
+
+
+def test_starfm_window_larger_than_the_image():
+    from xfusion import starfm
+
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"starfm\(\) window of 50 px \(int\(2 \* max_search_distance / resolution\) = "
+        r"int\(2 \* 750 / 30\)\) is larger than the image \(4 x 5 px\)\. Use "
+        r"max_search_distance <= 60 m",
+    ):
+        starfm(starfm_cube(), fine="fine", coarse="coarse")
+    with pytest.raises(InvalidParameterError, match=r"is 0 pixels\. Use max_search_distance >= 15"):
+        starfm(starfm_cube(), fine="fine", coarse="coarse", max_search_distance=10)
+
+
+def test_starfm_geographic_crs_needs_resolution():
+    from xfusion import starfm
+
+    geo = GeoBox((4, 5), Affine(0.001, 0, 140, 0, -0.001, -34), "EPSG:4326")
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"the cube's CRS EPSG:4326 is not in metres \(pixel size 0\.001 x 0\.001 degrees\)\. "
+        r"Pass the pixel size in metres as resolution=\.\.\. \(about 111 m for 0\.001 degrees\)",
+    ):
+        starfm(starfm_cube(geobox=geo), fine="fine", coarse="coarse", max_search_distance=60)
+
+
+def test_starfm_integer_data_without_nodata():
+    from xfusion import starfm
+
+    ds = starfm_cube()
+    ds["fine"] = (ds.fine.dims, np.zeros((3, 4, 5), "uint16"))
+    with pytest.raises(
+        MissingNodataError,
+        match=r"Variable 'fine' holds integers \(uint16\) but declares no nodata value.*"
+        r"attrs\['nodata'\]",
+    ):
+        starfm(ds, fine="fine", coarse="coarse", max_search_distance=60)
+    ds["fine"].attrs["nodata"] = 0
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"'fine' holds integers \(uint16\), so starfm\(\) writes integer predictions with a "
+        r"fill value .* but the fill value -9999 is not an integer within uint16's range "
+        r"\[0, 65535\]\. Pass fill=\.\.\.",
+    ):
+        starfm(ds, fine="fine", coarse="coarse", max_search_distance=60, fill=-9999)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_search_distance": 0}, (
+            r"max_search_distance must be a finite number > 0; got 0\. "
+            r"It is in metres: USDA uses 750"
+        )),
+        ({"max_search_distance": -750}, r"max_search_distance must be a finite number > 0; got -750"),
+        ({"num_slice": -2}, r"num_slice must be a positive integer; got -2\. The USDA default is 40"),
+        ({"num_slice": 2.5}, r"num_slice must be a positive integer; got 2\.5"),
+        ({"uncertainty_fine": 0}, (
+            r"uncertainty_fine must be a finite number > 0; got 0\. It is in "
+            r"the data's unit: 50 for reflectance x1e4 \(USDA\)"
+        )),
+        ({"uncertainty_coarse": -50}, r"uncertainty_coarse must be a finite number > 0; got -50"),
+        ({"distance_offset": -1}, (
+            r"distance_offset must be a finite number > 0; got -1\. It is "
+            r"the \+1 of t_dis"
+        )),
+        ({"resolution": 0}, (
+            r"resolution must be a finite number > 0; got 0\. It is the pixel "
+            r"size in metres"
+        )),
+        ({"data_range": (5, 1)}, (
+            r"data_range must be \(lo, hi\) with lo < hi; got \(5, 1\)\. "
+            r"USDA uses \(0, 10000\)"
+        )),
+        ({"fill": "x"}, (
+            r"fill must be a number \(the USDA FILL value, e.g\. -9999\) or None; "
+            r"got 'x'"
+        )),
+        ({"preset": "landsat"}, (
+            r"Unknown preset='landsat' for starfm\(\)\. Choose one of "
+            r"\['usda', 'reflectance', 'lst'\]"
+        )),
+        ({"mode": "exact"}, (
+            r"Unknown mode='exact' for starfm\(\)\. Choose one of "
+            r"\['reference', 'float'\]"
+        )),
+        ({"pairs": "closest", "max_search_distance": 60}, (
+            r"Unknown pairs='closest' for starfm\(\)"
+            r"\. Choose one of \['nearest', 'before', 'after', 'bracket'\]"
+        )),
+        ({"device": "tpu"}, r"Unknown device 'tpu'\. Use 'auto'"),
+    ],
+)
+def test_starfm_bad_parameters(kwargs, match):
+    from xfusion import starfm
+
+    with pytest.raises(InvalidParameterError, match=match):
+        starfm(starfm_cube(), fine="fine", coarse="coarse", **kwargs)
+
+
+def test_starfm_variables_with_extra_dims():
+    from xfusion import starfm
+
+    ds = starfm_cube()[["fine", "coarse"]].expand_dims(band=[1])
+    with pytest.raises(
+        MissingDimensionError,
+        match=r"starfm\(\) predicts \(time, y, x\) variables, but 'fine' also has the dim\(s\) "
+        r"\['band'\].*ds\['fine'\]\.to_dataset\('band'\)",
+    ):
+        starfm(ds, fine="fine", coarse="coarse", max_search_distance=60)

@@ -13,6 +13,7 @@ from xfusion import errors
 from xfusion.cube import combine, from_geotiffs, from_numpy, mark_observed, validate_cube
 from xfusion.cube.stac import load_cube
 from xfusion.methods.baseline import baseline
+from xfusion.methods.starfm import starfm
 
 _SUBMODULES = ("config", "cube", "engine", "io", "metrics", "testing")
 
@@ -40,5 +41,6 @@ __all__ = [
     "from_numpy",
     "load_cube",
     "mark_observed",
+    "starfm",
     "validate_cube",
 ]

@@ -16,6 +16,7 @@ import xarray as xr
 
 from xfusion.cube.validate import validate_cube
 from xfusion.methods.baseline import baseline
+from xfusion.methods.starfm import starfm
 
 __all__ = ["FusionDataArrayAccessor", "FusionDatasetAccessor"]
 
@@ -45,6 +46,7 @@ class FusionDatasetAccessor(_FusionBase):
 
     validate = _delegate(validate_cube)
     baseline = _delegate(baseline)
+    starfm = _delegate(starfm)
 
 
 @xr.register_dataarray_accessor("fusion")

@@ -45,6 +45,14 @@ def parse_str(text: str) -> str:
     return text
 
 
+def parse_range(text: str) -> tuple[float, float]:
+    """Parse ``LO,HI`` (two numbers, ``inf`` allowed) into a float pair."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise ValueError(f"expected LO,HI such as 0,10000, found {text!r}")
+    return float(parts[0]), float(parts[1])
+
+
 @dataclass(frozen=True, kw_only=True)
 class Param:
     """One ``--param KEY=VALUE`` a method accepts."""
@@ -101,6 +109,39 @@ METHODS: dict[str, MethodEntry] = {
             "pairs": Param(
                 help="nearest (default), before, after, or one pair date YYYY-MM-DD",
             ),
+        },
+    ),
+    "starfm": MethodEntry(
+        target="xfusion.methods.starfm:_starfm_cli",
+        help="STARFM (Gao et al. 2006), exact to USDA v1.2.1 in mode=reference; fine dates on "
+        "both sides of a target use both pairs",
+        params={
+            "preset": Param(
+                choices=("usda", "reflectance", "lst"),
+                help="usda (default: reflectance x1e4, reference mode), reflectance (0..1), "
+                "lst (kelvin)",
+            ),
+            "mode": Param(
+                choices=("reference", "float"),
+                help="reference (USDA v1.2.1 rounding) or float; default from the preset",
+            ),
+            "max_search_distance": Param(parse=float, help="search distance in metres (usda: 750)"),
+            "resolution": Param(
+                parse=float, help="pixel size in metres (default from the grid; needed for degrees)"
+            ),
+            "num_slice": Param(parse=int, help="NUM_SLICE_PURE_TEST (usda: 40)"),
+            "uncertainty_fine": Param(parse=float, help="fine (Landsat) uncertainty (usda: 50)"),
+            "uncertainty_coarse": Param(parse=float, help="coarse (MODIS) uncertainty (usda: 50)"),
+            "data_range": Param(parse=parse_range, help="LO,HI valid data range (usda: 0,10000)"),
+            "distance_offset": Param(parse=float, help="the +1 of the distance term (usda: 1)"),
+            "fill": Param(
+                parse=float, help="FILL value: inputs equal to it are nodata (usda: -9999)"
+            ),
+            "pairs": Param(
+                help="bracket (default with fine dates on both sides of every target), nearest "
+                "(the pair before; default otherwise), before, after, or a pair date YYYY-MM-DD",
+            ),
+            "device": Param(help="auto (default: CUDA when present), cpu, cuda or cuda:N"),
         },
     ),
 }

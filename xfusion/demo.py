@@ -35,9 +35,14 @@ def _baseline(method: str) -> Callable[[xr.Dataset], xr.Dataset]:
 
 
 def _starfm(cube: xr.Dataset) -> xr.Dataset:
-    from xfusion.methods.starfm import starfm
+    from xfusion.cube import get_geobox
+    from xfusion.methods.starfm import STARFM_PRESETS, starfm
 
-    return starfm(cube, fine="fine", coarse="coarse", preset="lst")
+    # the lst preset's 1500 m search distance, capped at a quarter of the scene for small demos
+    gbox = get_geobox(cube)
+    extent = min(gbox.shape) * abs(gbox.resolution.x)
+    distance = min(STARFM_PRESETS["lst"].max_search_distance, extent / 4)
+    return starfm(cube, fine="fine", coarse="coarse", preset="lst", max_search_distance=distance)
 
 
 DEMO_METHODS: dict[str, Callable[[xr.Dataset], xr.Dataset]] = {
