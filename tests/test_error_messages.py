@@ -552,3 +552,124 @@ def test_starfm_variables_with_extra_dims():
         r"\['band'\].*ds\['fine'\]\.to_dataset\('band'\)",
     ):
         starfm(ds, fine="fine", coarse="coarse", max_search_distance=60)
+
+
+# --------------------------------------------------------------------------------------------
+# STAC: search, presets, load_cube, load_pair, signing (xfusion.stac, xfusion.cube.stac)
+
+
+@pytest.fixture(scope="module")
+def stac_api(tmp_path_factory):
+    """A tiny Landsat/MODIS catalog behind a loopback STAC API (no internet)."""
+    from xfusion.testing import synthetic_scene, write_stac_catalog
+    from xfusion.testing._server import serve_stac_api
+
+    root = tmp_path_factory.mktemp("stac_errors")
+    scene = synthetic_scene((16, 16), times=2, coarse_factor=16, cloud_fraction=0.0, seed=3)
+    with serve_stac_api(root) as server:
+        cat = write_stac_catalog(scene, root, href_base=server.url)
+        yield server, cat, scene
+
+
+def test_stac_unknown_collection_lists_the_available_ones(stac_api):
+    from xfusion.errors import UnknownCollectionError
+    from xfusion.stac import search
+
+    server, _, _ = stac_api
+    with pytest.raises(UnknownCollectionError, match=r"Unknown collection 'modis-11A1-06' at "
+                       r"http://127\.0\.0\.1:\d+/stac\. Did you mean 'modis-11A1-061'\? The API "
+                       r"offers 2 collections: \['landsat-c2-l2', 'modis-11A1-061'\]\."):
+        search("modis-11A1-06", url=server.stac_url)
+
+
+def test_stac_empty_search_says_how_to_widen_it(stac_api):
+    from xfusion.errors import EmptySearchError
+    from xfusion.stac import search
+
+    server, _, _ = stac_api
+    with pytest.raises(EmptySearchError, match=r"found no items: collections \['landsat-c2-l2'\], "
+                       r"bbox None, time '2000-01-01/2000-02-01', query \{'eo:cloud_cover': "
+                       r"\{'lte': 5\.0\}\}\. To find some: widen the time range, enlarge the "
+                       r"bbox, raise max_cloud \(now 5\)"):
+        search("landsat-c2-l2", url=server.stac_url, time="2000-01-01/2000-02-01", max_cloud=5)
+
+
+def test_stac_unknown_band_lists_assets_and_preset_bands(stac_api):
+    from xfusion.cube.stac import load_cube
+
+    _, cat, _ = stac_api
+    with pytest.raises(VariableNotFoundError, match=r"Band 'thermal' is not an asset of any of "
+                       r"the 2 items\. The items have the assets \['lwir11', 'qa_pixel'\]; pass "
+                       r"some of them in `bands=`\. Preset band names: \[.*'lst'.*\]"):
+        load_cube(cat.fine_items, bands=["lst", "thermal"])
+
+
+def test_stac_aoi_outside_the_items(stac_api):
+    from xfusion.cube.stac import load_cube
+
+    _, cat, _ = stac_api
+    with pytest.raises(NoOverlapError, match=r"The area of interest \(bbox=\(-70\.0, -30\.0, "
+                       r"-69\.9, -29\.9\)\) does not intersect any of the 2 items \(their bboxes "
+                       r"include .*\)\. Check the bbox order"):
+        load_cube(cat.fine_items, bands="lst", bbox=(-70.0, -30.0, -69.9, -29.9))
+
+
+def test_stac_mixed_crs_without_a_target_grid(tmp_path):
+    from xfusion.cube.stac import load_cube
+    from xfusion.testing import synthetic_scene, write_stac_catalog
+
+    a = write_stac_catalog(synthetic_scene((8, 8), times=1, coarse_factor=8), tmp_path / "a")
+    b = write_stac_catalog(synthetic_scene((8, 8), times=["2021-04-05T10:00"], coarse_factor=8,
+                                           crs="EPSG:32634"), tmp_path / "b")
+    with pytest.raises(CRSMismatchError, match=r"The items are in 2 different CRSs \(EPSG:32633: "
+                       r"\['LC08_.*'\]; EPSG:32634: \['LC08_.*'\]\) and no target grid was given\. "
+                       r"Pass geobox=GeoBox\(\.\.\.\) \(exact grid\), or crs= and resolution="):
+        load_cube([*a.fine_items, *b.fine_items], bands="lst")
+
+
+def test_stac_missing_signing_key(monkeypatch):
+    from planetary_computer.settings import Settings
+
+    from xfusion.errors import SigningError
+    from xfusion.stac import search
+
+    monkeypatch.delenv("PC_SDK_SUBSCRIPTION_KEY", raising=False)
+    monkeypatch.setattr(Settings.get(), "subscription_key", None)
+    with pytest.raises(SigningError, match=r"The Planetary Computer collection 'sentinel-1-rtc' "
+                       r"requires an account: searching with sign=True \(signing the asset URLs\) "
+                       r"needs a subscription key, and none is configured \(PC_SDK_SUBSCRIPTION_KEY"
+                       r" is not set\)\. Set the environment variable PC_SDK_SUBSCRIPTION_KEY="):
+        search("sentinel-1-rtc", bbox=(14.0, 46.0, 14.1, 46.1))
+
+
+def test_stac_presets_masks_and_bbox_errors(stac_api):
+    from xfusion.cube.stac import load_cube
+
+    _, cat, _ = stac_api
+    with pytest.raises(InvalidParameterError, match=r"Unknown preset 'landsat-c2'\. Did you mean "
+                       r"'landsat-c2-l2'\? Registered presets are \["):
+        load_cube(cat.fine_items, preset="landsat-c2")
+    with pytest.raises(InvalidParameterError, match=r"Unknown mask flag\(s\) \['clouds'\]: the "
+                       r"preset defines \['cirrus', 'cloud', 'cloud_medium', 'fill', 'shadow', "
+                       r"'snow', 'water'\]"):
+        load_cube(cat.fine_items, preset="landsat-c2-l2", mask=["clouds"])
+    with pytest.raises(InvalidParameterError, match=r"preset='modis-11A1-061' reads the "
+                       r"collections \['modis-11A1-061'\], but the items belong to "
+                       r"\['landsat-c2-l2'\]"):
+        load_cube(cat.fine_items, preset="modis-11A1-061")
+    with pytest.raises(InvalidParameterError, match=r"bbox=\(500000, 5000000, 501000, 5001000\) "
+                       r"is not in degrees"):
+        load_cube(cat.fine_items, bands="lst", bbox=(500000, 5000000, 501000, 5001000))
+
+
+def test_stac_unreadable_asset_names_item_and_asset(stac_api):
+    from xfusion.cube.stac import load_cube
+    from xfusion.errors import AssetReadError
+
+    _, cat, scene = stac_api
+    item = cat.fine_items[0].clone()
+    item.assets["lwir11"].href = "/nonexistent/LC08_lwir11.tif"
+    with pytest.raises(AssetReadError, match=rf"Could not read asset 'lwir11' of item "
+                       rf"'{item.id}' \(collection 'landsat-c2-l2'\) from "
+                       r"'/nonexistent/LC08_lwir11\.tif': .*The file is not at this URL"):
+        load_cube([item], bands="lst", geobox=scene.odc.geobox, retries=0).compute()

@@ -341,8 +341,14 @@ def test_load_cube_errors(served):
     d = copy.deepcopy(items[0].to_dict())
     d["assets"]["lwir11"]["raster:bands"][0]["scale"] = 0.01
     changed = pystac.Item.from_dict(d)
-    with pytest.raises(InvalidParameterError, match="stored differently across items"):
-        load_cube([changed, *items[1:]], bands="lwir11")
+    # items declaring another scale are converted with their own (per-item plans, one grid)
+    mixed = load_cube([changed, *items[1:]], bands="lwir11").lwir11.values
+    raw = odc.stac.load(items, bands=["lwir11"], groupby="solar_day").lwir11.values
+    valid = raw != 0
+    np.testing.assert_allclose(mixed[0][valid[0]], raw[0][valid[0]] * 0.01 + 149.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        mixed[1:][valid[1:]], raw[1:][valid[1:]] * 0.00341802 + 149.0, rtol=1e-6
+    )
 
 
 def test_load_cube_on_recorded_real_items(shared_data):

@@ -14,8 +14,9 @@ from xfusion.cube import combine, from_geotiffs, from_numpy, mark_observed, vali
 from xfusion.cube.stac import load_cube
 from xfusion.methods.baseline import baseline
 from xfusion.methods.starfm import starfm
+from xfusion.stac import load_pair
 
-_SUBMODULES = ("config", "cube", "engine", "io", "metrics", "testing")
+_SUBMODULES = ("config", "cube", "engine", "io", "metrics", "stac", "testing")
 
 
 def __getattr__(name: str) -> object:
@@ -40,6 +41,7 @@ __all__ = [
     "from_geotiffs",
     "from_numpy",
     "load_cube",
+    "load_pair",
     "mark_observed",
     "starfm",
     "validate_cube",

@@ -21,6 +21,13 @@ __all__ = [
     "VariableNotFoundError",
     "WeightsNotFoundError",
     "XFusionError",
+    # STAC search, signing and reads (xfusion.stac, load_cube, load_pair)
+    "AssetReadError",
+    "EmptySearchError",
+    "SigningError",
+    "StacApiError",
+    "StacError",
+    "UnknownCollectionError",
 ]
 
 
@@ -77,3 +84,27 @@ class WeightsNotFoundError(XFusionError, FileNotFoundError):
 
 class MissingOptionalDependency(XFusionError, ImportError):
     """An optional dependency needed by the called function is not installed."""
+
+
+class StacError(XFusionError):
+    """A STAC search, signing or asset-read problem (base class)."""
+
+
+class StacApiError(StacError, ConnectionError):
+    """A STAC API could not be reached or answered with an error (the message has the URL)."""
+
+
+class EmptySearchError(StacError, LookupError):
+    """A STAC search matched no items (the message repeats the search and how to widen it)."""
+
+
+class UnknownCollectionError(StacError, ValueError):
+    """A collection id is not offered by the STAC API (the message lists the ones that are)."""
+
+
+class SigningError(StacError, PermissionError):
+    """Asset URLs could not be signed, e.g. a Planetary Computer subscription key is missing."""
+
+
+class AssetReadError(StacError, OSError):
+    """An asset of a STAC item could not be read (the message names the item and the asset)."""

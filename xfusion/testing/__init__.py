@@ -12,17 +12,22 @@ from xfusion.testing._scenes import (
     synthetic_cube,
     synthetic_scene,
 )
-from xfusion.testing._server import serve_directory
-from xfusion.testing._stac import StacCatalog, write_stac_catalog
+from xfusion.testing._server import Fault, LoopbackServer, serve_directory, serve_stac_api
+from xfusion.testing._stac import StacCatalog, item_template, write_stac_catalog, write_stac_items
 
 __all__ = [
+    "Fault",
     "LANDCOVER_CLASSES",
+    "LoopbackServer",
     "REFLECTANCE_BANDS",
     "StacCatalog",
     "assert_lazy",
+    "item_template",
     "raise_if_dask_computes",
     "serve_directory",
+    "serve_stac_api",
     "synthetic_cube",
     "synthetic_scene",
     "write_stac_catalog",
+    "write_stac_items",
 ]

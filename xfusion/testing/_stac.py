@@ -21,7 +21,13 @@ import xarray as xr
 
 from xfusion.errors import InvalidParameterError, VariableNotFoundError
 
-__all__ = ["StacCatalog", "write_stac_catalog"]
+__all__ = [
+    "MODIS_SINUSOIDAL_WKT",
+    "StacCatalog",
+    "item_template",
+    "write_stac_catalog",
+    "write_stac_items",
+]
 
 COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 _EXT = {
@@ -714,3 +720,487 @@ def _pin_stac_version(paths: list[Path], version: str = "1.0.0") -> None:
         if isinstance(doc, dict) and "stac_version" in doc:
             doc["stac_version"] = version
             path.write_text(json.dumps(doc, indent=2))
+
+
+# --------------------------------------------------------------------------------------------
+# Items of any supported product, shaped like the real ones, with given stored values
+
+MODIS_SINUSOIDAL_WKT = (
+    'PROJCRS["unnamed",BASEGEOGCRS["Unknown datum based upon the custom spheroid",DATUM['
+    '"Not specified (based on custom spheroid)",ELLIPSOID["Custom spheroid",6371007.181,0,'
+    'LENGTHUNIT["metre",1,ID["EPSG",9001]]]],PRIMEM["Greenwich",0,ANGLEUNIT["degree",'
+    '0.0174532925199433,ID["EPSG",9122]]]],CONVERSION["unnamed",METHOD["Sinusoidal"],'
+    'PARAMETER["Longitude of natural origin",0,ANGLEUNIT["degree",0.0174532925199433],'
+    'ID["EPSG",8802]],PARAMETER["False easting",0,LENGTHUNIT["metre",1],ID["EPSG",8806]],'
+    'PARAMETER["False northing",0,LENGTHUNIT["metre",1],ID["EPSG",8807]]],CS[Cartesian,2],'
+    'AXIS["easting",east,ORDER[1],LENGTHUNIT["metre",1,ID["EPSG",9001]]],AXIS["northing",'
+    'north,ORDER[2],LENGTHUNIT["metre",1,ID["EPSG",9001]]]]'
+)
+"""The MODIS sinusoidal CRS as the Planetary Computer items declare it (``proj:wkt2``, no EPSG)."""
+
+_EXT_V10 = {
+    "projection": "https://stac-extensions.github.io/projection/v1.0.0/schema.json",
+    "raster": "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+    "eo": "https://stac-extensions.github.io/eo/v1.0.0/schema.json",
+    "sat": "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
+    "sar": "https://stac-extensions.github.io/sar/v1.0.0/schema.json",
+    "file": "https://stac-extensions.github.io/file/v2.0.0/schema.json",
+}
+
+
+def _rb(data_type: str, res: float, **kw: Any) -> list[dict[str, Any]]:
+    return [{**({"nodata": kw.pop("nodata")} if "nodata" in kw else {}), "data_type": data_type,
+             "spatial_resolution": res, **kw}]
+
+
+def _cog(title: str, roles: tuple[str, ...] = ("data",), **kw: Any) -> dict[str, Any]:
+    return {"href": "", "type": COG_TYPE, "title": title, **kw, "roles": list(roles)}
+
+
+def _eo(name: str, common: str | None, centre: float, fwhm: float | None = None) -> list[dict]:
+    band: dict[str, Any] = {"name": name}
+    if common:
+        band["common_name"] = common
+    band["center_wavelength"] = centre
+    if fwhm is not None:
+        band["full_width_half_max"] = fwhm
+    return [band]
+
+
+_MODIS_SR = {1: ("red", 0.645, 0.5), 2: ("nir08", 0.8585, 0.35), 3: ("blue", 0.469, 0.2),
+             4: ("green", 0.555, 0.2), 5: ("lwir12", 1.24, 0.2), 6: ("swir16", 1.64, 0.24),
+             7: ("swir22", 2.13, 0.5)}
+
+
+def _modis_props(platform: str = "terra") -> dict[str, Any]:
+    return {
+        "start_datetime": "", "end_datetime": "",
+        "modis:horizontal-tile": 19, "modis:vertical-tile": 2, "modis:tile-id": "51019002",
+        "instruments": ["modis"], "platform": platform, "proj:epsg": None,
+        "proj:wkt2": MODIS_SINUSOIDAL_WKT, "proj:shape": [], "proj:transform": [],
+        "eo:cloud_cover": 0, "datetime": None,
+    }
+
+
+def _template_landsat() -> dict[str, Any]:
+    assets: dict[str, Any] = {}
+    for key in ("coastal", "blue", "green", "red", "nir08", "swir16", "swir22"):
+        if key == "coastal":
+            a = _cog("Coastal/Aerosol Band", ("data", "reflectance"),
+                     **{"eo:bands": _eo("OLI_B1", "coastal", 0.44, 0.02)})
+        else:
+            src = _PRODUCTS["landsat-c2-l2"]["bands"][key]
+            a = dict(_asset_dict(src, "", 30))
+        a["raster:bands"] = _rb("uint16", 30, nodata=0, scale=2.75e-05, offset=-0.2)
+        assets[key] = a
+    lst = _PRODUCTS["landsat-c2-l2"]["bands"]["lst"]
+    assets["lwir11"] = _asset_dict(lst, "", 30)
+    assets["qa_pixel"] = _asset_dict(_LANDSAT_QA, "", 30)
+    assets["qa"] = _cog("Surface Temperature Quality Assessment Band",
+                        **{"raster:bands": _rb("int16", 30, nodata=-9999, unit="kelvin",
+                                               scale=0.01)})
+    return {
+        "stac_extensions": [_EXT["raster"], _EXT["eo"], _EXT_V10["projection"],
+                            _EXT["classification"]],
+        "properties": {"platform": "landsat-8", "instruments": ["oli", "tirs"], "gsd": 30,
+                       "eo:cloud_cover": 0.0, "proj:epsg": None, "proj:shape": [],
+                       "proj:transform": [], "landsat:collection_category": "T1",
+                       "landsat:correction": "L2SP", "datetime": ""},
+        "assets": assets,
+        "id": "LC08_L2SP_000000_{date:%Y%m%d}_02_T1",
+    }
+
+
+def _template_modis_11a1() -> dict[str, Any]:
+    assets = {}
+    for key, title in (("LST_Day_1km", "Daily daytime 1km grid Land-surface Temperature"),
+                       ("LST_Night_1km", "Daily nighttime 1km grid Land-surface Temperature")):
+        assets[key] = _cog(title, ("data", "temperature"),
+                           **{"raster:bands": _rb("uint16", 1000, unit="Kelvin", scale=0.02)})
+    for key in ("QC_Day", "QC_Night"):
+        assets[key] = _cog(f"Quality control for {key[3:].lower()}time LST and emissivity",
+                           **{"raster:bands": _rb("uint8", 1000)})
+    assets["Day_view_time"] = _cog("Local time of day observation",
+                                   **{"raster:bands": _rb("uint8", 1000, unit="Hours",
+                                                          scale=0.1)})
+    assets["Emis_31"] = _cog("Band 31 emissivity", **{"raster:bands": _rb("uint8", 1000,
+                                                                           scale=0.002)})
+    assets["hdf"] = {"href": "", "type": "application/x-hdf",
+                     "title": "Source data containing all bands", "roles": ["data"]}
+    return {
+        "stac_extensions": [_EXT_V10["projection"], _EXT_V10["eo"], _EXT_V10["raster"]],
+        "properties": _modis_props(), "assets": assets, "days": 1,
+        "id": "MOD11A1.A{date:%Y%j}.h19v02.061.2022042095544",
+    }
+
+
+def _template_modis_43a4() -> dict[str, Any]:
+    assets = {}
+    for n in range(1, 8):
+        common, centre, fwhm = _MODIS_SR[n]
+        assets[f"Nadir_Reflectance_Band{n}"] = _cog(
+            f"NBAR at local solar noon for Band {n}", ("data", "reflectance"),
+            **{"raster:bands": _rb("int16", 500, scale=0.0001),
+               "eo:bands": _eo(f"Nadir_Reflectance_Band{n}", common, centre, fwhm)})
+        assets[f"BRDF_Albedo_Band_Mandatory_Quality_Band{n}"] = _cog(
+            f"BRDF Albedo Mandatory Quality for Band {n}",
+            **{"raster:bands": _rb("uint8", 500)})
+    return {
+        "stac_extensions": [_EXT_V10["projection"], _EXT_V10["eo"], _EXT_V10["raster"]],
+        "properties": {**_modis_props("terra,aqua")}, "assets": assets, "days": 1,
+        "id": "MCD43A4.A{date:%Y%j}.h19v02.061.2022042095544",
+    }
+
+
+def _template_modis_sr(res: str, nbands: int, qc_type: str, prefix: str) -> dict[str, Any]:
+    r = 500 if res == "500m" else 250
+    assets = {}
+    for n in range(1, nbands + 1):
+        common, centre, fwhm = _MODIS_SR[n]
+        assets[f"sur_refl_b0{n}"] = _cog(
+            f"Surface Reflectance Band {n}", ("data", "reflectance"),
+            **{"raster:bands": _rb("int16", r, scale=0.0001),
+               "eo:bands": _eo(f"sur_refl_b0{n}", common, centre, fwhm)})
+    assets[f"sur_refl_state_{res}"] = _cog(f"Surface Reflectance {res} State flags",
+                                           **{"raster:bands": _rb("uint16", r)})
+    assets[f"sur_refl_qc_{res}"] = _cog(f"Surface Reflectance {res} Band Quality Control flags",
+                                        **{"raster:bands": _rb(qc_type, r)})
+    return {
+        "stac_extensions": [_EXT_V10["raster"], _EXT_V10["eo"], _EXT_V10["projection"]],
+        "properties": _modis_props(), "assets": assets, "days": 8,
+        "id": prefix + ".A{date:%Y%j}.h10v10.061.2022042044048",
+    }
+
+
+def _template_modis_13q1() -> dict[str, Any]:
+    vi = {"raster:bands": _rb("int16", 250, scale=0.0001)}
+    assets = {
+        "250m_16_days_NDVI": _cog("16 day NDVI", **{"raster:bands": _rb("int16", 250,
+                                                                         unit="NDVI",
+                                                                         scale=0.0001)}),
+        "250m_16_days_EVI": _cog("16 day EVI", **{"raster:bands": _rb("int16", 250, unit="EVI",
+                                                                       scale=0.0001)}),
+        "250m_16_days_red_reflectance": _cog("Surface Reflectance Band 1", **vi),
+        "250m_16_days_NIR_reflectance": _cog("Surface Reflectance Band 2", **vi),
+        "250m_16_days_VI_Quality": _cog("VI quality indicators",
+                                        **{"raster:bands": _rb("uint16", 250)}),
+        "250m_16_days_pixel_reliability": _cog(
+            "Quality reliability of VI pixel",
+            **{"raster:bands": _rb("int8", 250, unit="Rank"),
+               "file:values": [{"values": [0], "summary": "Good data, use with confidence"},
+                               {"values": [1], "summary": "Marginal data"},
+                               {"values": [2], "summary": "Snow/Ice Target covered"},
+                               {"values": [3], "summary": "Cloudy data"}]}),
+    }
+    return {
+        "stac_extensions": [_EXT_V10["raster"], _EXT_V10["projection"], _EXT_V10["file"]],
+        "properties": _modis_props(), "assets": assets, "days": 16,
+        "id": "MOD13Q1.A{date:%Y%j}.h12v11.061.2022034232400",
+    }
+
+
+_S2_PC = {  # asset: (common name, centre um, gsd)
+    "B01": ("coastal", 0.443, 60), "B02": ("blue", 0.49, 10), "B03": ("green", 0.56, 10),
+    "B04": ("red", 0.665, 10), "B05": ("rededge", 0.704, 20), "B06": ("rededge", 0.74, 20),
+    "B07": ("rededge", 0.783, 20), "B08": ("nir", 0.842, 10), "B8A": ("nir08", 0.865, 20),
+    "B09": ("nir09", 0.945, 60), "B11": ("swir16", 1.61, 20), "B12": ("swir22", 2.19, 20),
+}
+
+
+def _template_sentinel2() -> dict[str, Any]:
+    assets = {}
+    for key, (common, centre, gsd) in _S2_PC.items():
+        assets[key] = _cog(f"Band {key[1:].lstrip('0')} - {common}", **{
+            "gsd": gsd, "eo:bands": _eo(key, common, centre), "proj:shape": [],
+            "proj:transform": []})
+    assets["SCL"] = _cog("Scene classfication map (SCL)", **{"gsd": 20.0, "proj:shape": [],
+                                                              "proj:transform": []})
+    for key in ("AOT", "WVP"):
+        assets[key] = _cog(f"{key} map", **{"gsd": 10.0, "proj:shape": [], "proj:transform": []})
+    return {
+        "stac_extensions": [_EXT_V10["eo"], _EXT_V10["sat"], _EXT_V10["projection"]],
+        "properties": {"datetime": "", "platform": "Sentinel-2B", "proj:epsg": None,
+                       "instruments": ["msi"], "constellation": "Sentinel 2",
+                       "eo:cloud_cover": 0.0, "sat:orbit_state": "descending",
+                       "s2:mgrs_tile": "33TVM", "s2:processing_baseline": "02.12"},
+        "assets": assets, "asset_proj": True,
+        "id": "S2B_MSIL2A_{date:%Y%m%dT%H%M%S}_R043_T33TVM",
+    }
+
+
+def _template_sentinel1() -> dict[str, Any]:
+    assets = {}
+    for pol, what in (("vv", "vertical transmit, vertical receive"),
+                      ("vh", "vertical transmit, horizontal receive"),
+                      ("hh", "horizontal transmit, horizontal receive"),
+                      ("hv", "horizontal transmit, vertical receive")):
+        assets[pol] = _cog(
+            f"{pol.upper()}: {what}",
+            description=f"Terrain-corrected gamma naught values of signal ({what}).",
+            **{"raster:bands": _rb("float32", 10, nodata=-32768)})
+    return {
+        "stac_extensions": [_EXT_V10["sar"], _EXT_V10["sat"], _EXT_V10["projection"],
+                            _EXT_V10["raster"]],
+        "properties": {"datetime": "", "platform": "SENTINEL-1A", "constellation": "Sentinel-1",
+                       "sar:instrument_mode": "IW", "sar:polarizations": ["VV", "VH"],
+                       "sar:frequency_band": "C", "sar:product_type": "GRD",
+                       "sat:orbit_state": "descending", "s1:resolution": "high",
+                       "proj:epsg": None, "proj:shape": [], "proj:transform": []},
+        "assets": assets,
+        "id": "S1A_IW_GRDH_1SDV_{date:%Y%m%dT%H%M%S}_rtc",
+    }
+
+
+_TEMPLATES = {
+    "landsat-c2-l2": _template_landsat,
+    "modis-11A1-061": _template_modis_11a1,
+    "modis-43A4-061": _template_modis_43a4,
+    "modis-09A1-061": lambda: _template_modis_sr("500m", 7, "uint32", "MOD09A1"),
+    "modis-09Q1-061": lambda: _template_modis_sr("250m", 2, "uint16", "MOD09Q1"),
+    "modis-13Q1-061": _template_modis_13q1,
+    "sentinel-2-l2a": _template_sentinel2,
+    "sentinel-1-rtc": _template_sentinel1,
+}
+
+
+def _geobox_of(geobox: Any, key: str) -> Any:
+    if isinstance(geobox, Mapping):
+        if key not in geobox:
+            raise InvalidParameterError(
+                f"geobox= has no grid for asset {key!r}; give one per written asset, or a "
+                "single GeoBox for all."
+            )
+        return geobox[key]
+    return geobox
+
+
+def _set_proj(target: dict[str, Any], gbox: Any, *, crs_too: bool) -> None:
+    if crs_too:
+        epsg = gbox.crs.epsg
+        if "proj:code" in target and target.get("proj:code") is not None:
+            target["proj:code"] = f"EPSG:{epsg}" if epsg else None
+        target["proj:epsg"] = epsg
+        if epsg is None:
+            target["proj:wkt2"] = gbox.crs.to_wkt()
+        else:
+            target.pop("proj:wkt2", None)
+    target["proj:shape"] = [int(s) for s in gbox.shape]
+    target["proj:transform"] = [float(v) for v in tuple(gbox.affine)[:6]]
+    if "proj:bbox" in target:
+        target["proj:bbox"] = [float(v) for v in gbox.extent.boundingbox]
+
+
+def _regrid(entry: Mapping[str, Any], gbox: Any) -> Any:
+    """``gbox``'s extent at the asset's own pixel size (from its template transform or gsd).
+
+    odc-stac takes an item's footprint from the first of its finest assets, so every asset
+    with projection metadata must sit where the written ones are.
+    """
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    t = entry.get("proj:transform") or []
+    res = abs(float(t[0])) if t else float(entry.get("gsd") or abs(gbox.affine.a))
+    x0, y1 = gbox.affine.c, gbox.affine.f
+    w = abs(gbox.affine.a) * gbox.shape[1]
+    h = abs(gbox.affine.e) * gbox.shape[0]
+    shape = (max(1, round(h / res)), max(1, round(w / res)))
+    return GeoBox(shape, Affine(res, 0.0, x0, 0.0, -res, y1), gbox.crs)
+
+
+def write_stac_items(
+    directory: str | os.PathLike[str],
+    /,
+    *,
+    collection: str,
+    assets: Mapping[str, Any],
+    times: Any,
+    geobox: Any,
+    href_base: str | None = None,
+    properties: Mapping[str, Any] | list[Mapping[str, Any]] | None = None,
+    template: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    nodata_tags: Mapping[str, float | None] | None = None,
+) -> list[Any]:
+    """Write COGs of given stored values and STAC items shaped like a real product's items.
+
+    Each item is a copy of ``template`` (a real item JSON: the files in
+    ``../shared/data/stac_items`` work) or of a built-in template shaped after the Planetary
+    Computer / stactools items of ``collection``: same extensions, properties, asset keys and
+    ``raster:bands`` (or their absence, as on Planetary Computer Sentinel-2), item- or
+    asset-level projection. Only the written assets get new hrefs; the others keep the
+    template's and are never read. Id, datetime (MODIS: ``datetime`` null and a
+    ``start_datetime``/``end_datetime`` day range of the template's length), geometry, bbox
+    and projection are set from ``times`` and ``geobox``.
+
+    Parameters
+    ----------
+    directory : str or path-like
+        Output folder; items go to ``<directory>/<collection>/<id>/<id>.json``.
+    collection : str
+        Collection id (``"landsat-c2-l2"``, ``"modis-11A1-061"``, ``"modis-43A4-061"``,
+        ``"modis-09A1-061"``, ``"modis-09Q1-061"``, ``"modis-13Q1-061"``,
+        ``"sentinel-2-l2a"``, ``"sentinel-1-rtc"`` have built-in templates).
+    assets : mapping of str to array
+        Asset key -> stored values ``(time, y, x)`` (or ``(y, x)`` for every date), in the
+        stored data type (e.g. uint16 DNs), written as they are.
+    times : sequence of date-like
+        One acquisition time per item.
+    geobox : GeoBox or mapping of str to GeoBox
+        Grid of the assets (one for all, or per asset for products with asset-level
+        projection such as Sentinel-2's 10 m and 20 m bands).
+    href_base : str, optional
+        URL the directory is served at (asset hrefs start with it); default absolute paths.
+    properties : mapping or list of mappings, optional
+        Item properties to set (one mapping for all items or one per item), e.g.
+        ``{"platform": "landsat-5"}`` or ``{"s2:processing_baseline": "04.00"}``.
+    template : mapping or path, optional
+        A real item JSON (dict or file) to copy the shape from.
+    nodata_tags : mapping of str to number or None, optional
+        GeoTIFF nodata tag per asset; default the declared or preset nodata.
+
+    Returns
+    -------
+    list of pystac.Item
+        The items (with self hrefs), in time order of ``times``.
+
+    Raises
+    ------
+    InvalidParameterError
+        Unknown collection without a template, array shapes that do not fit the grid or
+        the times, a per-asset geobox missing.
+    """
+    import pystac
+
+    from xfusion.cube.presets import preset_for_collection
+
+    if template is None:
+        if collection not in _TEMPLATES:
+            raise InvalidParameterError(
+                f"No built-in item template for collection {collection!r}; pass template= (a "
+                f"real item JSON). Built-in: {sorted(_TEMPLATES)!r}."
+            )
+        tpl = _TEMPLATES[collection]()
+    elif isinstance(template, Mapping):
+        tpl = json.loads(json.dumps(template))
+    else:
+        tpl = json.loads(Path(template).read_text())
+    real = "type" in tpl  # a real item, not a built-in template
+    stamps = pd.DatetimeIndex(pd.to_datetime(list(np.atleast_1d(np.asarray(times)))))
+    nt = len(stamps)
+    arrays = {}
+    for key, arr in assets.items():
+        a = np.asarray(arr)
+        if a.ndim == 2:
+            a = np.broadcast_to(a, (nt, *a.shape))
+        gb = _geobox_of(geobox, key)
+        if a.ndim != 3 or a.shape[0] != nt or tuple(a.shape[1:]) != tuple(gb.shape):
+            raise InvalidParameterError(
+                f"Asset {key!r}: array shape {a.shape!r} does not fit {nt} times on a "
+                f"{tuple(gb.shape)!r} grid; expected (time, y, x) or (y, x)."
+            )
+        arrays[key] = a
+    props_list: list[Mapping[str, Any]]
+    if properties is None:
+        props_list = [{}] * nt
+    elif isinstance(properties, Mapping):
+        props_list = [properties] * nt
+    else:
+        props_list = list(properties)
+        if len(props_list) != nt:
+            raise InvalidParameterError(
+                f"properties= holds {len(props_list)} mappings for {nt} times; give one per time."
+            )
+    preset = preset_for_collection(collection)
+    root = Path(directory).absolute()
+    first_key = next(iter(arrays))
+    main_gbox = _geobox_of(geobox, first_key)
+    asset_proj = bool(tpl.get("asset_proj")) or (
+        real and any("proj:transform" in a for a in tpl.get("assets", {}).values())
+    )
+    days = tpl.get("days", 1)
+    if real and tpl["properties"].get("start_datetime") and tpl["properties"].get("end_datetime"):
+        span = pd.Timestamp(tpl["properties"]["end_datetime"]) - pd.Timestamp(
+            tpl["properties"]["start_datetime"]
+        )
+        days = max(1, round(span / pd.Timedelta(days=1)))
+    interval = tpl["properties"].get("datetime", "") is None
+    out = []
+    for ti, ts in enumerate(stamps):
+        doc = json.loads(json.dumps({k: v for k, v in tpl.items()
+                                     if k not in ("days", "asset_proj", "id")}))
+        pattern = tpl.get("id") if not real else None
+        item_id = (pattern or "{collection}-{date:%Y%m%dT%H%M%S}").format(
+            date=ts, collection=collection
+        )
+        if real:
+            item_id = f"{tpl['id'].split('.')[0].split('_')[0]}_{ts:%Y%m%dT%H%M%S}"
+        props = doc.setdefault("properties", {})
+        if interval:
+            day = ts.normalize()
+            props["start_datetime"] = day.strftime("%Y-%m-%dT%H:%M:%SZ")
+            props["end_datetime"] = (
+                day + pd.Timedelta(days=days) - pd.Timedelta(seconds=1)
+            ).strftime("%Y-%m-%dT%H:%M:%SZ")
+            props["datetime"] = None
+        else:
+            props["datetime"] = ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        props.pop("proj:geometry", None)
+        props.update(props_list[ti])
+        if not asset_proj:
+            _set_proj(props, main_gbox, crs_too=True)
+        else:
+            props["proj:epsg"] = main_gbox.crs.epsg
+        geometry, bbox = _footprint(main_gbox)
+        folder = root / collection / item_id
+        doc_assets = doc.setdefault("assets", {})
+        for key, a in arrays.items():
+            gb = _geobox_of(geobox, key)
+            entry = doc_assets.get(key)
+            spec = preset.spec(key) if preset is not None else None
+            if entry is None:
+                entry = _cog(key, **({"raster:bands": _rb(
+                    spec.data_type or a.dtype.name, abs(gb.affine.a),
+                    **({"nodata": spec.nodata} if spec.nodata is not None else {}),
+                    **({"scale": spec.scale} if spec.scale is not None else {}),
+                    **({"offset": spec.offset} if spec.offset is not None else {}),
+                )} if spec is not None else {}))
+            rb = (entry.get("raster:bands") or [{}])[0]
+            tag = rb.get("nodata", spec.nodata if spec is not None else None)
+            if nodata_tags is not None and key in nodata_tags:
+                tag = nodata_tags[key]
+            path = folder / f"{item_id}_{key}.tif"
+            _write_cog(path, np.ascontiguousarray(a[ti]), gb, tag)
+            entry["href"] = str(path) if href_base is None else _join_url(
+                href_base, path.relative_to(root).as_posix()
+            )
+            entry.setdefault("type", COG_TYPE)
+            if asset_proj:
+                _set_proj(entry, gb, crs_too=False)
+            doc_assets[key] = entry
+        if asset_proj:  # the template's other assets: its resolution on this extent
+            for key, entry in doc_assets.items():
+                if key not in arrays and "proj:transform" in entry:
+                    _set_proj(entry, _regrid(entry, main_gbox), crs_too=False)
+        doc.update({
+            "type": "Feature", "stac_version": "1.0.0", "id": item_id, "collection": collection,
+            "geometry": geometry, "bbox": bbox, "links": [],
+        })
+        for k, v in list(doc.items()):
+            if k == "stac_extensions" and not v:
+                doc[k] = [_EXT_V10["projection"]]
+        path = folder / f"{item_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=1))
+        item = pystac.Item.from_dict(doc, migrate=False)
+        item.set_self_href(str(path))
+        out.append(item)
+    return out
+
+
+def item_template(collection: str, /) -> dict[str, Any]:
+    """The built-in item template of a collection (what :func:`write_stac_items` copies)."""
+    if collection not in _TEMPLATES:
+        raise InvalidParameterError(
+            f"No built-in item template for {collection!r}; built-in: {sorted(_TEMPLATES)!r}."
+        )
+    return _TEMPLATES[collection]()

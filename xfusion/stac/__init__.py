@@ -1,0 +1,51 @@
+"""STAC search, Planetary Computer signing and fine/coarse pair loading.
+
+* :func:`search`: items from the Planetary Computer (signed) or any STAC API by URL.
+* :func:`sign_items` / :func:`sign_href`: (re-)sign Planetary Computer asset URLs just before
+  a load; long runs call it before every batch (tokens expire after about 45 minutes).
+* :func:`load_pair`: a fine and a coarse collection as one fusion cube on the fine grid;
+  :func:`clear_pairs` / :func:`clear_targets` pick dates from it.
+* :class:`LoadReport`: the reads that failed during a load with ``fail_on_error=False``.
+
+Heavy dependencies (pystac-client, planetary-computer, odc-stac) are imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xfusion.stac._pair import clear_fractions, clear_pairs, clear_targets, load_pair
+from xfusion.stac._search import search
+from xfusion.stac._sign import (
+    PC_STAC_URL,
+    has_subscription_key,
+    is_blob_href,
+    sign_href,
+    sign_items,
+    token_expiry,
+)
+
+__all__ = [
+    "PC_STAC_URL",
+    "FailedRead",
+    "LoadReport",
+    "clear_fractions",
+    "clear_pairs",
+    "clear_targets",
+    "has_subscription_key",
+    "is_blob_href",
+    "load_pair",
+    "search",
+    "sign_href",
+    "sign_items",
+    "token_expiry",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """``LoadReport``/``FailedRead`` live with the odc-stac reader, imported on first use."""
+    if name in ("LoadReport", "FailedRead"):
+        from xfusion.stac import _read
+
+        return getattr(_read, name)
+    raise AttributeError(f"module 'xfusion.stac' has no attribute {name!r}")
