@@ -388,3 +388,19 @@ def _grid(gbox):
     from odc.geo.xr import xr_coords
 
     return xr_coords(gbox)
+
+
+def test_combine_keeps_each_inputs_time_coords():
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    from xfusion.cube import combine
+
+    gbox = GeoBox((4, 3), Affine(30, 0, 500000, 0, -30, 4100000), "EPSG:32633")
+    t = np.array(["2021-01-01", "2021-01-02"], dtype="datetime64[ns]")
+    a = xr.DataArray(np.ones((2, 4, 3)), dims=("time", "y", "x"),
+                     coords={"time": t, **_grid(gbox), "clear_fraction": ("time", [1.0, 0.5])})
+    b = a.assign_coords(clear_fraction=("time", [0.2, 0.3]))
+    cube = combine(a.rename("f"), b.rename("c"))
+    assert list(cube.clear_fraction_fine.values) == [1.0, 0.5]
+    assert list(cube.clear_fraction_coarse.values) == [0.2, 0.3]

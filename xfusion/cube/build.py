@@ -882,6 +882,16 @@ def combine(
                  if TIME in part[v].dims}
             )
         aligned.append(part)
+    # per-time coordinates that several inputs carry (e.g. clear_fraction) get the role as suffix
+    counts: dict[Hashable, int] = {}
+    for part in aligned:
+        for c in part.coords:
+            if c not in part.dims and c != "spatial_ref" and not str(c).startswith("observed_"):
+                counts[c] = counts.get(c, 0) + 1
+    aligned = [
+        part.rename({c: f"{c}_{role.replace(' ', '_')}" for c in part.coords if counts.get(c, 0) > 1})
+        for part, role in zip(aligned, names, strict=True)
+    ]
     cube = xr.merge(aligned, join="outer", compat="override", combine_attrs="drop_conflicts")
     for c in [c for c in cube.coords if str(c).startswith("observed_")]:
         cube = cube.assign_coords({c: cube[c].fillna(False).astype(bool)})
