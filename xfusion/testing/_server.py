@@ -453,9 +453,18 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         """Stay quiet (the base class logs every request to stderr)."""
 
     def send_response(self, code: int, message: str | None = None) -> None:
-        """Remember the status for the request log."""
+        """Log the request with its status BEFORE answering, so that a client that has its
+        answer always finds its request in the log (no race with the server thread)."""
         self._status = code
+        if not getattr(self, "_recorded", False):
+            self._recorded = True
+            self.state._record(self.command, self._path(), code)
         super().send_response(code, message)
+
+    def _record_unanswered(self) -> None:
+        if not getattr(self, "_recorded", False):
+            self._recorded = True
+            self.state._record(self.command, self._path(), self._status)
 
     # -- dispatch ----------------------------------------------------------------------------
     def _path(self) -> str:
@@ -488,6 +497,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self) -> None:
         """Serve the STAC API or a file (possibly with an injected fault)."""
         self._status = 200
+        self._recorded = False
         try:
             if self.stac and self._is_api():
                 if not self._apply_fault(has_body=False):
@@ -496,22 +506,24 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
                 self._truncate_at = None
                 super().do_GET()
         finally:
-            self.state._record(self.command, self._path(), self._status)
+            self._record_unanswered()
 
     def do_HEAD(self) -> None:
         """Answer HEAD like GET without a body."""
         self._status = 200
+        self._recorded = False
         try:
             if self.stac and self._is_api():
                 self.send_error(405, "HEAD is not supported on the STAC API")
             else:
                 super().do_HEAD()
         finally:
-            self.state._record(self.command, self._path(), self._status)
+            self._record_unanswered()
 
     def do_POST(self) -> None:
         """``POST /stac/search``."""
         self._status = 200
+        self._recorded = False
         try:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
@@ -527,7 +539,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
                 return
             self._api("POST", body)
         finally:
-            self.state._record(self.command, self._path(), self._status)
+            self._record_unanswered()
 
     # -- static files ------------------------------------------------------------------------
     def send_head(self) -> IO[bytes] | None:  # type: ignore[override]
