@@ -554,6 +554,273 @@ def test_starfm_variables_with_extra_dims():
         starfm(ds, fine="fine", coarse="coarse", max_search_distance=60)
 
 
+# ---------------------------------------------------------------------------------------------
+# gapfill (every bad input of the gap-filling issue)
+
+GF_TIMES = np.datetime64("2021-01-01", "ns") + np.arange(6) * np.timedelta64(8, "D")
+
+
+def gapfill_cube(**extra):
+    a = np.linspace(0.1, 0.6, 6 * 20, dtype="float32").reshape(6, 4, 5)
+    a[2:4, 0, 0] = np.nan
+    return from_numpy({"ndvi": a, "vh_db": a * -30, "rvi": a, **extra}, geobox=GBOX,
+                      times=GF_TIMES)
+
+
+def test_gapfill_sar_on_another_grid():
+    from xfusion import gapfill
+
+    other = GeoBox((4, 5), Affine(30, 0, 500030, 0, -30, 4000000), "EPSG:32633")
+    sar = from_numpy({"vh_db": np.zeros((6, 4, 5), "float32")}, geobox=other, times=GF_TIMES)
+    with pytest.raises(GridMismatchError, match=r"'optical' and 'sar' are on different pixel "
+                       r"grids.*Resample 'sar' onto the 'optical' grid"):
+        gapfill(gapfill_cube(), sar=sar)
+
+
+def test_gapfill_sar_on_other_times():
+    from xfusion import gapfill
+
+    sar = from_numpy({"vh_db": np.zeros((6, 4, 5), "float32")}, geobox=GBOX,
+                     times=GF_TIMES + np.timedelta64(1, "D"))
+    with pytest.raises(TimeAxisError, match=r"The SAR variable 'vh_db' and the optical variable "
+                       r"'ndvi' are on different time axes.*dates only in the optical series: "
+                       r"\['2021-01-01', .*Composite both onto the same periods, e\.g\. "
+                       r"`xfusion\.gapfill_inputs\(s2, s1, days=8\)`"):
+        gapfill(gapfill_cube(), sar=sar)
+
+
+def test_gapfill_time_split_across_chunks():
+    from xfusion import gapfill
+    from xfusion.errors import ChunkingError
+
+    with pytest.raises(ChunkingError, match=r"gapfill\(\) needs the whole time axis of every "
+                       r"pixel in one chunk, but the optical variable 'ndvi' is split into 3 "
+                       r"chunks along 'time' \(\(2, 2, 2\)\)\. Rechunk first: "
+                       r"`ds = ds\.chunk\(\{'time': -1\}\)`.*or pass rechunk=True"):
+        gapfill(gapfill_cube().chunk({"time": 2}), method="linear")
+
+
+def test_gapfill_series_without_observation_warns_with_count():
+    from xfusion import gapfill
+    from xfusion.errors import EmptySeriesWarning
+
+    ds = gapfill_cube()
+    ds["ndvi"][:, 1, 1:3] = np.nan
+    with pytest.warns(EmptySeriesWarning, match=r"gapfill\(\): 2 of 20 pixel series of 'ndvi' in "
+                      r"this block have no observation at all; they are left NaN"):
+        out = gapfill(ds, method="linear")
+    assert np.isnan(out.ndvi.values[:, 1, 1:3]).all()
+
+
+def test_gapfill_bad_method_variable_and_missing_sar():
+    from xfusion import gapfill
+
+    ds = gapfill_cube()
+    with pytest.raises(InvalidParameterError, match=r"Unknown method='spline' for gapfill\(\)\. "
+                       r"Choose one of \['stori', 'linear', 'savgol', 'harmonic'\]"):
+        gapfill(ds, method="spline")
+    with pytest.raises(VariableNotFoundError, match=r"Optical variable 'evi' not found on the "
+                       r"dataset\. Variables on the dataset include \['ndvi', 'rvi', 'vh_db'\]"):
+        gapfill(ds, optical="evi", method="linear")
+    with pytest.raises(VariableNotFoundError, match=r"SAR variable 'vv_db' not found on the "
+                       r"dataset\. Variables on the dataset include \['ndvi', 'rvi', 'vh_db'\]\. "
+                       r"Derive SAR features"):
+        gapfill(ds, sar=["vh_db", "vv_db"])
+    with pytest.raises(InvalidParameterError, match=r"method='stori' needs SAR features: pass "
+                       r"sar=\['vh_db', 'rvi'\]"):
+        gapfill(ds, sar=None)
+    with pytest.raises(MissingDimensionError, match=r"The optical variable 'ndvi' has extra dims "
+                       r"\['band'\]"):
+        gapfill(ds.expand_dims(band=[1]), method="linear")
+
+
+def test_gapfill_stori_weights_and_data_errors(tmp_path):
+    pytest.importorskip("torch")
+    from xfusion import gapfill
+    from xfusion.errors import NotEnoughDataError, WeightsMismatchError, WeightsNotFoundError
+    from xfusion.methods.gapfill import StoriConfig, StoriWeights
+    from xfusion.training import save_checkpoint
+
+    with pytest.raises(NotEnoughDataError, match=r"STORI needs pixels with at least 3 "
+                       r"observations of 'ndvi' to train on; the training sample \(20 pixels.* "
+                       r"has 0\..*or use method='linear'"):
+        ds = gapfill_cube()
+        ds["ndvi"][1:] = np.nan
+        gapfill(ds, config=StoriConfig(hidden=2, epochs=1))
+    with pytest.raises(WeightsNotFoundError, match=r"Weights 'nope\.safetensors' are neither a "
+                       r"file nor a registered name"):
+        gapfill(gapfill_cube(), weights="nope.safetensors")
+    import torch
+
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(other, {"net": {"w": torch.zeros(2)}}, {"arch": "xfusion-v1"})
+    with pytest.raises(WeightsMismatchError, match=r"holds architecture 'xfusion-v1', not STORI"):
+        StoriWeights.load(other)
+
+
+# ---------------------------------------------------------------------------------------------
+# sttfn and the training utilities (issue 5)
+
+
+def _sttfn_scene():
+    from xfusion.testing import synthetic_scene
+
+    return synthetic_scene((40, 40), times=3, fine_times=[0, 2], cloud_fraction=0.0,
+                           coarse_cloud_fraction=0.0, coarse_factor=16).drop_vars("truth")
+
+
+_STTFN_FAST = {"epochs": 1, "patches": 4, "patch_size": 16,
+               "arch_params": {"sr_width": 4, "feat": 4, "width": 4}}
+
+
+def test_sttfn_bad_inputs(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("safetensors")
+    from xfusion.errors import CheckpointError, NotEnoughDataError, WeightsMismatchError
+    from xfusion.methods.sttfn import sttfn
+
+    s = _sttfn_scene()
+    one_pair = s.assign_coords(observed_fine=("time", [True, False, False]))
+    with pytest.raises(NoOverlapError, match=r"sttfn\(\) needs a pair \(fine and coarse both "
+                       r"observed\) before AND after each target, but the target '2021-04-19' "
+                       r"has none after it\. Pair dates: \['2021-04-03'\]; dates on the cube: "
+                       r"\['2021-04-03', '2021-04-19', '2021-05-05'\]\. Predict only targets"):
+        sttfn(one_pair, fine="fine", coarse="coarse", **_STTFN_FAST)
+    cloudy = s.copy(deep=True)
+    cloudy["fine"][2, :, :] = np.nan
+    with pytest.raises(NotEnoughDataError, match=r"sttfn\(\) has too few valid pixels to train "
+                       r"its nets: 2021-04-03 -> 2021-05-05: 0 of 1600 pixels observed in all "
+                       r"inputs \(L_a 1600, M_a 1600, L_b 0, M_b 1600\)\. It needs 4 patches of "
+                       r"16x16 px with at least 50% observed pixels.*Lower min_valid"):
+        sttfn(cloudy, fine="fine", coarse="coarse", **_STTFN_FAST)
+    path = tmp_path / "w.safetensors"
+    sttfn(s, fine="fine", coarse="coarse", save=tmp_path, **_STTFN_FAST)
+    (saved,) = tmp_path.glob("sttfn_*.safetensors")
+    saved.rename(path)
+    kelvin = s.copy()
+    kelvin["fine"].attrs["units"] = "degC"
+    with pytest.raises(WeightsMismatchError, match=r"expect band 'fine' in units 'K', but the "
+                       r"cube's 'fine' is in 'degC'\. Convert the data to 'K'"):
+        sttfn(kelvin, fine="fine", coarse="coarse", weights=path)
+    with pytest.raises(WeightsMismatchError, match=r"trained on the bands \['fine'\], but the "
+                       r"cube's fine variables are \['lst'\]\. Rename the variables"):
+        sttfn(s.rename(fine="lst", observed_fine="observed_lst"), fine="lst", coarse="coarse",
+              weights=path)
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"fails its integrity check: its tensors or "
+                       r"metadata do not match the recorded content_sha256.*tampered with"):
+        sttfn(s, fine="fine", coarse="coarse", weights=path)
+    path.write_bytes(bytes(raw[:100]))
+    with pytest.raises(CheckpointError, match=r"is corrupt or not a safetensors file"):
+        sttfn(s, fine="fine", coarse="coarse", weights=path)
+
+
+def test_sampler_too_few_valid_patches():
+    from xfusion.errors import NotEnoughDataError
+    from xfusion.training import RandomPatchSampler
+
+    data = np.full((1, 2, 20, 20), np.nan, "float32")
+    s = RandomPatchSampler(data, size=8, length=3, min_valid=0.5, max_tries=10)
+    with pytest.raises(NotEnoughDataError, match=r"Found only 0 of 3 patches of 8x8 px with at "
+                       r"least 50% observed pixels in every input, after 10 random candidates\. "
+                       r"The best observed fraction per input channel was 0: 0\.0%, 1: 0\.0%\. "
+                       r"Lower min_valid"):
+        _ = s.patches
+
+
+# ---------------------------------------------------------------------------------------------
+# super_resolve / dms / harmonize (issue 6)
+
+
+def _sr_grids(coarse_x0=500000.0, guide_shape=(36, 44), guide_res=30.0, guide_crs="EPSG:32633"):
+    from odc.geo.xr import xr_coords
+
+    cg = GeoBox((9, 11), Affine(120.0, 0, coarse_x0, 0, -120.0, 4000000.0), "EPSG:32633")
+    gg = GeoBox(guide_shape, Affine(guide_res, 0, 500000.0, 0, -guide_res, 4000000.0), guide_crs)
+    c = xr.DataArray(np.full((9, 11), 300.0, "float32"), dims=("y", "x"), coords=xr_coords(cg),
+                     name="lst")
+    g = xr.DataArray(np.full(guide_shape, 0.5, "float32"), dims=("y", "x"),
+                     coords=xr_coords(gg), name="ndvi")
+    return c, g
+
+
+def test_super_resolve_grid_errors():
+    from xfusion.methods.super_resolve import super_resolve
+
+    c, g = _sr_grids()
+    with pytest.raises(GridMismatchError, match=r"The grids are not nested by scale=3: coarse "
+                       r"pixels 120 x 120, guide pixels 30 x 30 \(ratio 4 x 4\)\. Pass the scale "
+                       r"the grids have \(scale=4 here"):
+        super_resolve(c, guide=g, scale=3, method="bicubic")
+    c, g = _sr_grids(guide_shape=(30, 44))
+    with pytest.raises(GridMismatchError, match=r"The guide does not cover the coarse input: "
+                       r"the coarse footprint spans guide rows 0\.\.36 and columns 0\.\.44, but "
+                       r"the guide has 30 rows and 44 columns\. Crop the coarse input"):
+        super_resolve(c, guide=g, method="bicubic")
+    c, g = _sr_grids(coarse_x0=500010.0)
+    with pytest.raises(GridMismatchError, match=r"coarse pixel edges do not fall on guide pixel "
+                       r"edges: the coarse origin is 0\.3333 x 0 guide pixels from the guide "
+                       r"origin \(must be whole numbers\)\. Snap the guide"):
+        super_resolve(c, guide=g, method="bicubic")
+    c, g = _sr_grids(guide_res=50.0, guide_shape=(22, 27))
+    with pytest.raises(GridMismatchError, match=r"not nested in the coarse grid: coarse pixels "
+                       r"120 x 120, guide pixels 50 x 50 \(ratio 2\.4 x 2\.4\); the ratio must "
+                       r"be the same positive integer"):
+        super_resolve(c, guide=g, method="bicubic")
+    c, g = _sr_grids(guide_crs="EPSG:32632")
+    with pytest.raises(CRSMismatchError, match=r"are in different CRSs\. Reproject the guide"):
+        super_resolve(c, guide=g, method="bicubic")
+    c, g = _sr_grids()
+    with pytest.raises(InvalidParameterError, match=r"Unknown method='lanczos' for "
+                       r"super_resolve\(\)\. Choose one of \['sif-sr1', 'sif-sr2', 'dms', "
+                       r"'bicubic', 'harmonize'\]"):
+        super_resolve(c, guide=g, method="lanczos")
+    with pytest.raises(InvalidParameterError, match=r"method='sif-sr1' needs weights=: the path "
+                       r"of a checkpoint trained with `xfusion\.methods\.super_resolve\."
+                       r"train_sif_sr"):
+        super_resolve(c, guide=g)
+    with pytest.raises(InvalidParameterError, match=r"Unknown params \['windw'\] for "
+                       r"method='dms'\. Valid keys: \["):
+        super_resolve(c, guide=g, method="dms", params={"windw": 2})
+
+
+def test_dms_option_errors():
+    from xfusion.methods.dms import dms
+
+    c, g = _sr_grids()
+    with pytest.raises(InvalidParameterError, match=r"Unknown aggregation='max' for dms\(\)\. "
+                       r"Choose one of \['power', 'mean'\]"):
+        dms(c, guide=g, aggregation="max")
+    with pytest.raises(InvalidParameterError, match=r"homogeneity=0 must be in \(0, 1\]"):
+        dms(c, guide=g, homogeneity=0)
+
+
+def test_super_resolve_weights_errors(tmp_path):
+    pytest.importorskip("torch")
+    from xfusion.errors import WeightsMismatchError
+    from xfusion.methods.harmonize import harmonize
+    from xfusion.methods.super_resolve import super_resolve
+    from xfusion.models.sifsr import SIFUNet
+    from xfusion.training import save_checkpoint
+
+    c, g = _sr_grids()
+    path = tmp_path / "sif.safetensors"
+    save_checkpoint(path, {"model": SIFUNet(2, 4)}, {
+        "arch": "sif-sr", "nbands": 2, "arch_params": {"width": 4}, "method": "sif-sr1",
+        "scale": 4, "halo": 72, "inputs": ["lst", "ndvi"],
+        "normalization": {"mean": [300.0, 0.5], "std": [5.0, 0.2]}})
+    two = xr.Dataset({"ndvi": g, "red": g})
+    with pytest.raises(WeightsMismatchError, match=r"take 2 input channels \(the coarse LST plus "
+                       r"the guide bands \['ndvi'\]\), but the guide has 2 band\(s\) \['ndvi', "
+                       r"'red'\]\. Pass a guide with the bands the weights were trained on"):
+        super_resolve(c, guide=two, weights=path)
+    with pytest.raises(WeightsMismatchError, match=r"are for architecture 'sif-sr', not the "
+                       r"harmonization U-Net \('harmonize-unet'\)"):
+        harmonize(xr.Dataset({"red": c}), weights=path)
+
+
 # --------------------------------------------------------------------------------------------
 # STAC: search, presets, load_cube, load_pair, signing (xfusion.stac, xfusion.cube.stac)
 

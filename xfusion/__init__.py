@@ -13,10 +13,23 @@ from xfusion import errors
 from xfusion.cube import combine, from_geotiffs, from_numpy, mark_observed, validate_cube
 from xfusion.cube.stac import load_cube
 from xfusion.methods.baseline import baseline
+from xfusion.methods.composite import (
+    composite,
+    gapfill_inputs,
+    mask_s2,
+    s1_features,
+    s2_ndvi,
+    time_gaps,
+)
+from xfusion.methods.dms import dms
+from xfusion.methods.gapfill import gapfill
+from xfusion.methods.harmonize import harmonize, train_harmonizer
 from xfusion.methods.starfm import starfm
+from xfusion.methods.sttfn import sttfn, train_sttfn
+from xfusion.methods.super_resolve import super_resolve, train_sif_sr
 from xfusion.stac import load_pair
 
-_SUBMODULES = ("config", "cube", "engine", "io", "metrics", "stac", "testing")
+_SUBMODULES = ("config", "cube", "engine", "io", "metrics", "models", "stac", "testing", "training")
 
 
 def __getattr__(name: str) -> object:
@@ -37,12 +50,26 @@ __all__ = [
     "__version__",
     "baseline",
     "combine",
+    "composite",
+    "dms",
     "errors",
     "from_geotiffs",
     "from_numpy",
+    "gapfill",
+    "gapfill_inputs",
+    "harmonize",
     "load_cube",
     "load_pair",
     "mark_observed",
+    "mask_s2",
+    "s1_features",
+    "s2_ndvi",
     "starfm",
+    "sttfn",
+    "super_resolve",
+    "time_gaps",
+    "train_harmonizer",
+    "train_sif_sr",
+    "train_sttfn",
     "validate_cube",
 ]

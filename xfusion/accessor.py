@@ -16,7 +16,11 @@ import xarray as xr
 
 from xfusion.cube.validate import validate_cube
 from xfusion.methods.baseline import baseline
+from xfusion.methods.gapfill import gapfill
+from xfusion.methods.harmonize import harmonize
 from xfusion.methods.starfm import starfm
+from xfusion.methods.sttfn import sttfn
+from xfusion.methods.super_resolve import super_resolve
 
 __all__ = ["FusionDataArrayAccessor", "FusionDatasetAccessor"]
 
@@ -46,9 +50,15 @@ class FusionDatasetAccessor(_FusionBase):
 
     validate = _delegate(validate_cube)
     baseline = _delegate(baseline)
+    gapfill = _delegate(gapfill)
     starfm = _delegate(starfm)
+    sttfn = _delegate(sttfn)
+    super_resolve = _delegate(super_resolve)
+    harmonize = _delegate(harmonize)
 
 
 @xr.register_dataarray_accessor("fusion")
 class FusionDataArrayAccessor(_FusionBase):
     """Fusion methods on a single variable (``da.fusion.<method>(...)``)."""
+
+    super_resolve = _delegate(super_resolve)

@@ -1,4 +1,4 @@
-"""The ``xfusion`` command line: ``xfusion fuse``, ``xfusion demo``, ``xfusion --version``.
+"""The ``xfusion`` command line: ``xfusion fuse``, ``xfusion gapfill``, ``xfusion demo``, ``--version``.
 
 ``xfusion fuse METHOD --fine DATE=PATH ... --coarse DATE=PATH ... --out OUT`` builds a cube
 from GeoTIFFs with :func:`xfusion.cube.from_geotiffs`, runs a method from :data:`METHODS` and
@@ -43,6 +43,16 @@ def parse_bool(text: str) -> bool:
 def parse_str(text: str) -> str:
     """Return ``text`` unchanged (the identity parser)."""
     return text
+
+
+def parse_json(text: str) -> Any:
+    """Parse a JSON value (e.g. ``{"width": 32}``)."""
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"expected JSON such as {{\"width\": 32}}: {err}") from None
 
 
 def parse_range(text: str) -> tuple[float, float]:
@@ -90,6 +100,8 @@ class MethodEntry:
     """One line shown in ``xfusion fuse --help``."""
     params: Mapping[str, Param] = field(default_factory=dict)
     """Keyword parameters settable with ``--param KEY=VALUE``."""
+    weights: bool = False
+    """Whether the method accepts ``--weights PATH`` (trained models), passed as ``weights=``."""
 
     def load(self) -> Callable[..., Any]:
         """Import and return the method function."""
@@ -143,6 +155,46 @@ METHODS: dict[str, MethodEntry] = {
             ),
             "device": Param(help="auto (default: CUDA when present), cpu, cuda or cuda:N"),
         },
+    ),
+    "sttfn": MethodEntry(
+        target="xfusion.methods.sttfn:_sttfn_cli",
+        help="STTFN (Yin et al. 2021): forward/backward CNNs trained on the pairs before and "
+        "after each target, combined by consistency weighting; --weights applies trained nets",
+        params={
+            "epochs": Param(parse=int, help="training epochs per net (default 30)"),
+            "seed": Param(parse=int, help="seed of the training (default 0)"),
+            "patch_size": Param(parse=int, help="training patch size in pixels (default 48)"),
+            "patches": Param(parse=int, help="random training patches per net (default 128)"),
+            "batch_size": Param(parse=int, help="patches per optimizer step (default 16)"),
+            "lr": Param(parse=float, help="Adam learning rate (default 1e-3)"),
+            "val_fraction": Param(
+                parse=float, help="share of the scene held out for early stopping (default 0.1)"
+            ),
+            "patience": Param(parse=int, help="early-stopping patience in epochs (default 8)"),
+            "min_valid": Param(
+                parse=float, help="min observed fraction in every input of a patch (default 0.5)"
+            ),
+            "temporal_mix": Param(
+                parse=float, help="share of time-interpolated training items (default 1.0)"
+            ),
+            "stc_scale": Param(
+                choices=("fine", "coarse"),
+                help="consistency weighting per fine pixel (default) or per coarse cell",
+            ),
+            "coarse_factor": Param(
+                parse=int, help="coarse pixel size in fine pixels (for stc_scale=coarse)"
+            ),
+            "arch": Param(help="architecture (default xfusion-v1)"),
+            "arch_params": Param(
+                parse=parse_json, help='architecture parameters as JSON, e.g. {"width": 32}'
+            ),
+            "save": Param(help="folder to save each triplet's trained nets (.safetensors)"),
+            "device": Param(help="auto (default: CUDA when present), cpu, cuda or cuda:N"),
+            "precision": Param(
+                choices=("float32", "bf16", "fp16"), help="autocast precision on CUDA"
+            ),
+        },
+        weights=True,
     ),
 }
 """Method name → :class:`MethodEntry`. Later methods (``starfm``, ``sttfn``...) add one entry."""
@@ -207,6 +259,17 @@ def _methods_help() -> str:
     for name, entry in METHODS.items():
         lines.append(f"  {name}: {entry.help}")
         for key, p in entry.params.items():
+            lines.append(f"      {key}=...  {p.help}")
+    return "\n".join(lines)
+
+
+def _sr_methods_help() -> str:
+    from xfusion.methods.super_resolve import _cli_params
+
+    lines = ["--param keys per method:"]
+    for name, params in _cli_params().items():
+        lines.append(f"  {name}:" + ("" if params else " (none)"))
+        for key, p in params.items():
             lines.append(f"      {key}=...  {p.help}")
     return "\n".join(lines)
 
@@ -291,7 +354,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="resampling of coarse files onto the fine grid (default bilinear)",
     )
     fuse.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    fuse.add_argument(
+        "--weights",
+        metavar="PATH",
+        default=None,
+        help="trained weights (.safetensors) or a registered name, for learned methods "
+        f"({', '.join(n for n, e in METHODS.items() if e.weights)}): no training",
+    )
     fuse.set_defaults(handler=_cmd_fuse, subparser=fuse)
+
+    _add_gapfill_parser(sub)
+
+    sr = sub.add_parser(
+        "super-resolve",
+        help="super-resolve a coarse GeoTIFF onto a fine guide grid (LST, Landsat -> S2)",
+        description="Super-resolve a coarse GeoTIFF (e.g. MODIS LST) onto the grid of a fine\n"
+        "guide GeoTIFF (e.g. NDVI) nested in it by --scale, and write a float32 GeoTIFF.\n"
+        "Methods: sif-sr1, sif-sr2 (SIF-CNN-SR; without --weights they first train\n"
+        "self-supervised on the scene, --param epochs=N), dms (regression trees), bicubic,\n"
+        "harmonize (Landsat-8 6 bands -> Sentinel-2-like, needs --weights).\n\n"
+        + _sr_methods_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sr.add_argument("method", metavar="METHOD",
+                    help="sif-sr1, sif-sr2, dms, bicubic or harmonize")
+    sr.add_argument("--coarse", metavar="C.tif", required=True,
+                    help="coarse GeoTIFF (LST in kelvin; harmonize: the Landsat bands)")
+    sr.add_argument("--guide", metavar="G.tif", default=None,
+                    help="fine guide GeoTIFF on a grid nested in the coarse one (NDVI, bands)")
+    sr.add_argument("--scale", metavar="N", type=_positive_int, default=None,
+                    help="fine pixels per coarse pixel (default: from the grids)")
+    sr.add_argument("--out", metavar="P.tif", required=True, help="output GeoTIFF")
+    sr.add_argument("--weights", metavar="W", action="append", default=None,
+                    help="checkpoint of a learned method (repeat for an ensemble)")
+    sr.add_argument("--param", metavar="KEY=VALUE", type=_key_value, action="append",
+                    default=[], help="a method parameter (repeat for more)")
+    sr.add_argument("--chunks", metavar="N", type=_positive_int, default=512,
+                    help="spatial chunk size of the coarse input in pixels (default 512)")
+    sr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    sr.set_defaults(handler=_cmd_super_resolve, subparser=sr)
 
     demo = sub.add_parser("demo", help="run the self-contained demo (synthetic data)")
     demo.add_argument("--out", metavar="DIR", default=None, help="output folder")
@@ -340,6 +441,13 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         raise _UsageError(f"unknown METHOD {args.method!r}; choose one of {sorted(METHODS)}")
     entry = METHODS[args.method]
     params = _method_params(entry, args.method, args.param)
+    if getattr(args, "weights", None) is not None:
+        if not entry.weights:
+            learned = sorted(n for n, e in METHODS.items() if e.weights)
+            raise _UsageError(
+                f"--weights applies to learned methods ({learned}), not {args.method!r}"
+            )
+        params["weights"] = args.weights
     fmt = _out_format(args.out)
     if os.path.exists(args.out) and not args.overwrite:
         raise _UsageError(f"--out {args.out!r} exists; pass --overwrite to replace it")
@@ -418,10 +526,193 @@ def _write_zarr(out: Any, path: str) -> None:
     to_zarr(out, path, mode="w", rechunk=True)
 
 
+def _cmd_super_resolve(args: argparse.Namespace) -> int:
+    from xfusion.methods.super_resolve import run_cli
+
+    return run_cli(args, usage_error=_UsageError)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     demo = importlib.import_module("xfusion.demo")
     kwargs = {k: v for k, v in (("out", args.out), ("size", args.size)) if v is not None}
     demo.run_demo(**kwargs)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# gapfill (issue 7): optical time series gap filling, optionally SAR-guided
+
+GAPFILL_PARAMS: dict[str, dict[str, Param]] = {
+    "stori": {
+        "variant": Param(choices=("fixed", "faithful"),
+                         help="fixed (default) or faithful (the public code's behaviour)"),
+        "epochs": Param(parse=int, help="maximum training epochs (fixed: 100, faithful: 250)"),
+        "hidden": Param(parse=int, help="LSTM hidden size (default 96)"),
+        "seed": Param(parse=int, help="training seed (default 0)"),
+        "batch_size": Param(parse=int, help="pixels per optimizer step (default 256)"),
+        "train_pixels": Param(parse=int, help="at most this many training pixels (default 8192)"),
+        "time_budget": Param(parse=float, help="stop training after this many seconds"),
+        "device": Param(help="auto (default: CUDA when present), cpu, cuda or cuda:N"),
+    },
+    "linear": {},
+    "savgol": {
+        "window": Param(parse=int, help="Savitzky-Golay window in steps (default 7)"),
+        "polyorder": Param(parse=int, help="Savitzky-Golay order (default 2)"),
+    },
+    "harmonic": {
+        "harmonics": Param(parse=int, help="number of harmonics (default 2)"),
+        "period": Param(parse=float, help="base period in days (default 365.25)"),
+        "trend": Param(parse=parse_bool, help="add a linear trend (default false)"),
+    },
+}
+"""``xfusion gapfill`` method → its ``--param`` keys."""
+
+_GAPFILL_EPILOG = """
+inputs (one of):
+  --optical DATE=PATH ...   single-band GeoTIFFs, one per composite date (e.g. 8-day NDVI),
+                            NaN/nodata = missing; optional --sar DATE=PATH on the SAME dates,
+                            one file per date whose bands are the SAR features (names from the
+                            band descriptions, e.g. vh_db and rvi), reprojected onto the
+                            optical grid when needed (--resampling).
+  --input CUBE.zarr         a Zarr cube (xfusion.io.to_zarr) with --optical-var and, for stori,
+                            --sar-var (repeat for each feature).
+output layout:
+  PATH.zarr  the result Dataset: VAR (filled), VAR_filled (bool), VAR_uncertainty, dims
+             (time, y, x), the CRS (spatial_ref). Read it with xfusion.io.open_zarr.
+  PATH.tif   the filled series, float32, one band per date (descriptions YYYY-MM-DD), NaN
+             nodata; next to it PATH_uncertainty.tif and PATH_filled.tif (1 = filled).
+"""
+
+
+def _gapfill_methods_help() -> str:
+    lines = ["methods and their --param keys:"]
+    for name, params in GAPFILL_PARAMS.items():
+        lines.append(f"  {name}")
+        for key, p in params.items():
+            lines.append(f"      {key}=...  {p.help}")
+    return "\n".join(lines)
+
+
+def _add_gapfill_parser(sub: Any) -> None:
+    gap = sub.add_parser(
+        "gapfill",
+        help="fill the gaps of optical time series (STORI, linear, savgol, harmonic)",
+        description="Fill the missing steps of every pixel's optical series (observed values\n"
+        "are kept), optionally guided by SAR (method stori), and write the filled series,\n"
+        "what was filled and an uncertainty.\n\n" + _gapfill_methods_help(),
+        epilog=_GAPFILL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = gap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--optical", metavar="DATE=PATH", type=_dated_path, action="append",
+                     help="an optical GeoTIFF and its date (repeat for every date)")
+    src.add_argument("--input", metavar="CUBE.zarr", help="a Zarr cube holding the series")
+    gap.add_argument("--sar", metavar="DATE=PATH", type=_dated_path, action="append",
+                     default=None, help="a SAR GeoTIFF (bands = features) and its date")
+    gap.add_argument("--optical-var", metavar="NAME", default=None,
+                     help="optical variable: in --input, or the name given to --optical "
+                     "(default ndvi)")
+    gap.add_argument("--sar-var", metavar="NAME", action="append", default=None,
+                     help="SAR feature variable in --input (repeat for each)")
+    gap.add_argument("--method", default="stori", help="stori (default), linear, savgol or "
+                     "harmonic")
+    gap.add_argument("--out", metavar="PATH", required=True,
+                     help="output PATH.zarr or PATH.tif")
+    gap.add_argument("--param", metavar="KEY=VALUE", type=_key_value, action="append",
+                     default=[], help="a method parameter (repeat for more; see above)")
+    gap.add_argument("--weights", metavar="PATH", default=None,
+                     help="trained STORI weights (.safetensors) instead of training")
+    gap.add_argument("--save-weights", metavar="PATH", default=None,
+                     help="save the STORI weights trained on this scene")
+    gap.add_argument("--chunks", metavar="N", type=_positive_int, default=512,
+                     help="spatial chunk size in pixels (default 512)")
+    gap.add_argument("--resampling", default="bilinear",
+                     help="resampling of SAR files onto the optical grid (default bilinear)")
+    gap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    gap.set_defaults(handler=_cmd_gapfill, subparser=gap)
+
+
+def _gapfill_cube(args: argparse.Namespace) -> tuple[Any, str, list[str]]:
+    """Build the input Dataset; return it with the optical and SAR variable names."""
+    if args.input is not None:
+        if args.sar:
+            raise _UsageError("--sar files go with --optical files; with --input use --sar-var")
+        if args.optical_var is None:
+            raise _UsageError("--input needs --optical-var NAME (the variable to fill)")
+        from xfusion.io import open_zarr
+
+        ds = open_zarr(args.input)
+        return ds, args.optical_var, list(args.sar_var or [])
+    if args.sar_var:
+        raise _UsageError("--sar-var names variables of --input; with --optical files use --sar")
+    from xfusion.cube.build import from_geotiffs, to_datetime64
+    from xfusion.errors import TimeAxisError
+
+    name = args.optical_var or "ndvi"
+    if args.sar:
+        d_opt = {str(to_datetime64(d))[:10] for d, _ in args.optical}
+        d_sar = {str(to_datetime64(d))[:10] for d, _ in args.sar}
+        if d_opt != d_sar:
+            raise TimeAxisError(
+                f"The --optical and --sar files must share their dates (one composite time "
+                f"axis); dates only in --optical: {sorted(d_opt - d_sar)!r}, only in --sar: "
+                f"{sorted(d_sar - d_opt)!r}. Composite both onto the same periods first "
+                "(xfusion.gapfill_inputs / xfusion.composite)."
+            )
+    # from_geotiffs needs a coarse role; the optical files stand in for it (never read: the
+    # variable is dropped before anything is computed).
+    ds = from_geotiffs(fine=args.optical, coarse=args.optical,
+                       guides={"sar": args.sar} if args.sar else None, fine_name=name,
+                       coarse_name=f"_{name}_unused", chunks=args.chunks,
+                       resampling=args.resampling)
+    ds = ds.drop_vars([v for v in ds.variables if str(v).startswith(f"_{name}_unused")
+                       or str(v).startswith(f"observed__{name}_unused")])
+    sar = [str(v) for v in ds.data_vars if v == "sar" or str(v).startswith("sar_")]
+    return ds, name, sar
+
+
+def _cmd_gapfill(args: argparse.Namespace) -> int:
+    if args.method not in GAPFILL_PARAMS:
+        raise _UsageError(
+            f"unknown --method {args.method!r}; choose one of {sorted(GAPFILL_PARAMS)}")
+    entry = MethodEntry(target="xfusion.methods.gapfill:gapfill", help="",
+                        params=GAPFILL_PARAMS[args.method])
+    params = _method_params(entry, args.method, args.param)
+    fmt = _out_format(args.out)
+    if os.path.exists(args.out) and not args.overwrite:
+        raise _UsageError(f"--out {args.out!r} exists; pass --overwrite to replace it")
+    if (args.weights or args.save_weights) and args.method != "stori":
+        raise _UsageError("--weights/--save-weights only apply to --method stori")
+    from xfusion.methods.gapfill import StoriConfig, fit_stori, gapfill
+
+    ds, optical, sar = _gapfill_cube(args)
+    kwargs: dict[str, Any] = {}
+    if args.method == "stori":
+        if not sar:
+            raise _UsageError("--method stori needs SAR features: --sar DATE=PATH files or "
+                              "--sar-var NAME with --input")
+        device = params.pop("device", "auto")
+        config = StoriConfig(**params)
+        kwargs.update(sar=sar, device=device)
+        if args.weights:
+            kwargs["weights"] = args.weights
+        elif args.save_weights:
+            kwargs["weights"] = fit_stori(ds, optical=optical, sar=sar, config=config,
+                                          device=device, out=args.save_weights)
+        else:
+            kwargs["config"] = config
+    else:
+        kwargs.update(params)
+    out = gapfill(ds, optical=optical, method=args.method, rechunk=True, **kwargs)
+    if fmt == "zarr":
+        _write_zarr(out, args.out)
+    else:
+        base = args.out[: args.out.lower().rfind(".tif")]
+        write_geotiff(out[[optical]], args.out)
+        write_geotiff(out[[f"{optical}_uncertainty"]], f"{base}_uncertainty.tif")
+        write_geotiff(out[[f"{optical}_filled"]].astype("float32"), f"{base}_filled.tif")
+    print(f"xfusion: filled {optical!r} ({args.method}) over {out.sizes['time']} time steps; "
+          f"wrote {args.out}")
     return 0
 
 

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 __all__ = [
     "CRSMismatchError",
+    "EmptySeriesWarning",
+    "CheckpointError",
     "ChunkingError",
     "GridMismatchError",
     "InvalidParameterError",
     "MissingDimensionError",
     "MissingNodataError",
     "MissingOptionalDependency",
+    "NotEnoughDataError",
     "NoOverlapError",
     "RasterReadError",
     "TimeAxisError",
     "VariableNotFoundError",
+    "WeightsMismatchError",
     "WeightsNotFoundError",
     "XFusionError",
+    "XFusionWarning",
     # STAC search, signing and reads (xfusion.stac, load_cube, load_pair)
     "AssetReadError",
     "EmptySearchError",
@@ -84,6 +89,26 @@ class WeightsNotFoundError(XFusionError, FileNotFoundError):
 
 class MissingOptionalDependency(XFusionError, ImportError):
     """An optional dependency needed by the called function is not installed."""
+
+
+class CheckpointError(XFusionError, ValueError):
+    """A weights/checkpoint file is corrupt, tampered with, or not an xfusion checkpoint."""
+
+
+class WeightsMismatchError(XFusionError, ValueError):
+    """Weights do not fit the data or the model (bands, units, architecture)."""
+
+
+class NotEnoughDataError(XFusionError, ValueError):
+    """Too few valid (observed) pixels to train a model or to sample patches."""
+
+
+class XFusionWarning(UserWarning):
+    """Base class of the warnings xfusion emits about the data (not about deprecations)."""
+
+
+class EmptySeriesWarning(XFusionWarning):
+    """Pixel series without any observation were left NaN (gap filling)."""
 
 
 class StacError(XFusionError):

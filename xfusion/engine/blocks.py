@@ -111,8 +111,15 @@ def run_model_block(
     valid = finite.all(axis=1)
     xin = np.where(finite, x, np.float32(config.nan_fill)).astype(np.float32, copy=False)
 
-    tiles = tiles_2d((ih, iw), halo_sides, tile=config.tile, halo=halo, overlap=config.overlap)
     blending = config.blend != "none"
+    # With blending, the tiles cover the interior extended by up to `overlap` pixels into the
+    # chunk's halo (map_model gives chunks halo + overlap of context), so pixels at a chunk
+    # border lie inside a tile with `overlap` + `halo` of context instead of at a tile's edge:
+    # chunk borders then show no seam, like tile borders. The extension is cropped below.
+    ext = tuple(min(config.overlap, h) if blending else 0 for h in halo_sides)
+    ih, iw = ih + ext[0] + ext[1], iw + ext[2] + ext[3]
+    tiles = tiles_2d((ih, iw), tuple(h - e for h, e in zip(halo_sides, ext, strict=True)),
+                     tile=config.tile, halo=halo, overlap=config.overlap)
     out = np.zeros((nb, out_channels, ih * scale, iw * scale), dtype=np.float32)
     if blending:
         acc = np.zeros((nb, out_channels, ih * scale, iw * scale), dtype=np.float64)
@@ -156,6 +163,9 @@ def run_model_block(
                         )
     if blending:
         out[:] = acc / wsum
+    if any(ext):
+        out = np.ascontiguousarray(out[:, :, ext[0] * scale:(ih - ext[1]) * scale,
+                                       ext[2] * scale:(iw - ext[3]) * scale])
     if config.nan_policy == "keep":
         return out
     interior = valid[:, top:nh - bottom, left:nw - right]

@@ -111,7 +111,10 @@ def map_blocks_halo(
     nd = ref.ndim
     spatial_chunks = ref.chunks[-2:]
     if halo > 0:
+        # an axis no longer than the halo becomes one chunk (dask cannot overlap it, and a
+        # single block needs no halo: boundary="none")
         spatial_chunks = tuple(
+            (sum(c),) if sum(c) <= halo else
             da.overlap.ensure_minimum_chunksize(halo, c) if len(c) > 1 else c
             for c in spatial_chunks
         )
@@ -142,7 +145,7 @@ def map_blocks_halo(
             f"leading_chunks {leading_chunks} must have {lead_blocks} blocks per leading dim."
         )
     if halo > 0:
-        depth = {nd - 2: halo, nd - 1: halo}
+        depth = {nd - 2 + k: halo if len(spatial_chunks[k]) > 1 else 0 for k in range(2)}
         dask_arrays = [da.overlap.overlap(a, depth=depth, boundary="none") for a in dask_arrays]
     out_chunks = leading_chunks + tuple(tuple(c * scale for c in cs) for cs in spatial_chunks)
     token = tokenize(func, halo, scale, dtype, out_chunks, list(token_parts),
@@ -236,10 +239,13 @@ def map_model(
         x = x.astype(np.float32)
     res = resolve_model(model, config)
     lead = (x.chunks[0], (res.out_channels,)) if dask.is_dask_collection(x) else None
+    # with blending, chunks carry `overlap` more context so that the tiles can extend across
+    # the chunk borders (no hard seam there: see run_model_block)
+    depth = res.halo + (config.overlap if config.blend != "none" else 0)
     return map_blocks_halo(
         _model_block,
         x,
-        halo=res.halo,
+        halo=depth,
         dtype=np.float32,
         scale=res.scale,
         leading_chunks=lead,

@@ -12,6 +12,7 @@ from xfusion.testing._scenes import (
     synthetic_cube,
     synthetic_scene,
 )
+from xfusion.testing._series import SERIES_CLASSES, simulate_gaps, synthetic_series
 from xfusion.testing._server import Fault, LoopbackServer, serve_directory, serve_stac_api
 from xfusion.testing._stac import StacCatalog, item_template, write_stac_catalog, write_stac_items
 
@@ -20,14 +21,17 @@ __all__ = [
     "LANDCOVER_CLASSES",
     "LoopbackServer",
     "REFLECTANCE_BANDS",
+    "SERIES_CLASSES",
     "StacCatalog",
     "assert_lazy",
     "item_template",
     "raise_if_dask_computes",
     "serve_directory",
     "serve_stac_api",
+    "simulate_gaps",
     "synthetic_cube",
     "synthetic_scene",
+    "synthetic_series",
     "write_stac_catalog",
     "write_stac_items",
 ]

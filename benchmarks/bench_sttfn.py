@@ -1,0 +1,344 @@
+"""STTFN: inference speed, engine overhead, training time, accuracy against STARFM.
+
+Measured side by side in one run on this machine:
+
+* **Inference** of the two full-size ``xfusion-v1`` nets (405,025 parameters each) plus the
+  STC weighting through the public API (``xfusion.sttfn(ds, weights=...)``: lazy graph,
+  engine tiles with a 13 px halo, dask threads) against calling the same two nets directly
+  on the same tiles (same halo, torch only) and combining them with the same numpy STC:
+  pixels/s of each and the ratio (goal <= 1.15). On CUDA (if present) also with bf16.
+* **Training** time per epoch of one net with the default options (128 patches of 48 px,
+  batch 16) for the full-size net and for the half-width net the demo uses.
+* **Accuracy on synthetic LST** (``xfusion.testing.synthetic_scene``, several seeds, known
+  truth; pairs at the first, middle and last of 8 dates, the 5 dates between predicted): RMSE
+  and SSIM of STTFN (per-triplet, the paper's regime; and general: nets trained once on
+  other seeds' scenes with fine images at every date, applied without retraining) next to
+  STARFM with the ``"lst"`` preset on both pairs (``pairs="bracket"``, the same inputs) and
+  the fine-plus-change baseline; the ratio STTFN / STARFM RMSE (goal <= 0.85).
+* **Accuracy on real data**, Kranj (``../shared/data``; pairs DOY 068 and 093, predict 077;
+  MODIS x 1e4; six bands): RMSE/SSIM per band and mean of STTFN, STARFM (both pairs) and the
+  naive baselines.
+
+Usage: ``python benchmarks/bench_sttfn.py [--quick]``; ``run(quick)`` returns the rows for
+``benchmarks/run.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+KRANJ = HERE.parent.parent / "shared" / "data" / "kranj"
+
+HALF = {"sr_width": 32, "feat": 16, "width": 32}
+"""The half-width net (104,209 parameters) used on CPU for the accuracy runs and the demo."""
+
+PER_TRIPLET = {"epochs": 20, "patches": 128, "patch_size": 48, "arch_params": HALF}
+"""Per-triplet options of the synthetic accuracy runs."""
+
+GENERAL = {"epochs": 10, "patches": 256, "patch_size": 48, "max_gap_days": 64,
+           "arch_params": HALF}
+"""General-regime options (nets trained once on other scenes, cases up to 64 days apart)."""
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+# --------------------------------------------------------------------------------------------
+# inference speed and engine overhead
+
+
+def _scene(size: int, seed: int, chunks: int | None = None, **kw: Any):
+    from xfusion.testing import synthetic_scene
+
+    opts = {"times": 3, "fine_times": [0, 2], "cloud_fraction": 0.0,
+            "coarse_cloud_fraction": 0.0, "seed": seed}
+    opts.update(kw)
+    if chunks:
+        opts["chunks"] = {"time": 1, "y": chunks, "x": chunks}
+    return synthetic_scene((size, size), **opts)
+
+
+def _direct(nets, l1, m1, m2, l3, m3, *, tile: int, halo: int) -> np.ndarray:
+    """Both nets on the engine's tiles (tile + halo, clipped at the image edge) + STC."""
+    import torch
+
+    from xfusion.methods.sttfn import stc_weighting
+
+    h, w = l1.shape
+    x_f = np.stack([l1, m1, m2])[None]
+    x_b = np.stack([l3, m3, m2])[None]
+    p = [np.empty((h, w), np.float32), np.empty((h, w), np.float32)]
+    with torch.inference_mode():
+        for r0 in range(0, h, tile):
+            for c0 in range(0, w, tile):
+                r1, c1 = min(r0 + tile, h), min(c0 + tile, w)
+                a0, a1 = max(r0 - halo, 0), min(r1 + halo, h)
+                b0, b1 = max(c0 - halo, 0), min(c1 + halo, w)
+                for k, (net, x) in enumerate(zip(nets, (x_f, x_b), strict=True)):
+                    y = net(torch.from_numpy(np.ascontiguousarray(x[..., a0:a1, b0:b1])))
+                    p[k][r0:r1, c0:c1] = y[0, 0, r0 - a0:r1 - a0, c0 - b0:c1 - b0].numpy()
+    return stc_weighting(p[0], p[1], m2)
+
+
+def inference(size: int = 1024, chunk: int = 512, repeats: int = 2) -> dict[str, Any]:
+    """Public-API inference vs the two nets called directly on the same tiles (CPU)."""
+    import dask
+    import torch
+
+    import xfusion
+    from xfusion.methods.sttfn import TrainedSttfn
+    from xfusion.models import build_model
+
+    torch.manual_seed(0)
+    nets = [build_model("xfusion-v1", 1, init="default", mean=[295.0], std=[6.0]).eval()
+            for _ in range(2)]  # fmt: skip
+    meta = {"method": "sttfn", "arch": "xfusion-v1", "arch_params": {}, "nbands": 1,
+            "bands": ["fine"], "coarse_bands": ["coarse"], "units": ["K"],
+            "halo": nets[0].halo}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        path = TrainedSttfn(nets[0], nets[1], meta).save(Path(tmp) / "full.safetensors")
+        ds = _scene(size, 0, chunks=chunk).drop_vars("truth")
+        arrays = {k: ds[v].isel(time=i).values for k, v, i in (
+            ("l1", "fine", 0), ("m1", "coarse", 0), ("m2", "coarse", 1), ("l3", "fine", 2),
+            ("m3", "coarse", 2))}  # fmt: skip
+        ds = ds.persist()
+
+        def engine() -> np.ndarray:
+            out = xfusion.sttfn(ds, fine="fine", coarse="coarse", weights=path, tile=chunk,
+                                device="cpu")
+            with dask.config.set(scheduler="threads"):
+                return out.fine.values[0]
+
+        def direct() -> np.ndarray:
+            return _direct(nets, **arrays, tile=chunk, halo=nets[0].halo)
+
+        np.testing.assert_allclose(engine(), direct(), atol=2e-3)  # warm-up + equality
+        t_direct = _best(direct, repeats)
+        t_engine = _best(engine, repeats)
+    px = size * size
+    return {
+        "benchmark": "sttfn_inference_cpu", "size": size, "chunk": chunk, "tile": chunk,
+        "params_per_net": sum(p.numel() for p in nets[0].parameters()),
+        "torch_threads": torch.get_num_threads(),
+        "engine_s": t_engine, "direct_s": t_direct,
+        "engine_px_s": px / t_engine, "direct_px_s": px / t_direct,
+        "ratio_engine_over_direct": t_engine / t_direct,
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# training time
+
+
+def training(epochs: int = 2) -> list[dict[str, Any]]:
+    """Seconds per epoch of one net (default options: 128 patches of 48 px, batch 16)."""
+    import xfusion
+
+    ds = _scene(256, 0).drop_vars("truth")
+    rows = []
+    for label, params in (("full (405,025 params)", {}), ("half width (104,209 params)", HALF)):
+        out = xfusion.sttfn(ds, fine="fine", coarse="coarse", epochs=epochs, patience=None,
+                            arch_params=params, device="cpu")
+        trip = json.loads(out.attrs["xfusion_sttfn"])["triplets"][0]
+        per_epoch = [m["seconds"] / max(m["epochs_run"], 1) for m in trip["metrics"].values()]
+        rows.append({"benchmark": "sttfn_training_cpu", "net": label, "patches": 128,
+                     "patch_size": 48, "batch_size": 16,
+                     "seconds_per_epoch": float(np.mean(per_epoch))})  # fmt: skip
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# accuracy
+
+
+def _rmse(pred, truth) -> float:
+    d = np.asarray(pred, np.float64) - np.asarray(truth, np.float64)
+    return float(np.sqrt(np.nanmean(d * d)))
+
+
+def _ssim(pred, truth) -> float:
+    """xfusion.metrics.ssim (NaN-masked windows; data range = the reference's max - min)."""
+    from xfusion.metrics import ssim
+
+    return float(ssim(pred, truth).values)
+
+
+def synthetic_accuracy(seeds=(0, 1, 2), size: int = 256, general: bool = True,
+                       train_seeds=(100, 101), train_size: int = 192) -> list[dict[str, Any]]:
+    """STTFN vs STARFM (lst preset, both pairs) on synthetic LST scenes with known truth."""
+    import xfusion
+    from xfusion.methods.sttfn import stc_weighting
+    from xfusion.testing import synthetic_scene
+
+    weights = None
+    t_general = 0.0
+    tmp = tempfile.TemporaryDirectory()
+    if general:
+        t0 = time.perf_counter()
+        train = [synthetic_scene((train_size, train_size), seed=s, times=8,
+                                 fine_times=list(range(8)), cloud_fraction=0.0)
+                 for s in train_seeds]  # fmt: skip
+        weights = Path(tmp.name) / "general.safetensors"
+        xfusion.train_sttfn(train, fine="fine", coarse="coarse", out=weights, seed=0,
+                            device="cpu", **GENERAL)
+        t_general = time.perf_counter() - t0
+    rows = []
+    for seed in seeds:
+        s = synthetic_scene((size, size), seed=seed, times=8, fine_times=[0, 4, 7],
+                            cloud_fraction=0.0)
+        truth = s["truth"]
+        kw = {"fine": "fine", "coarse": "coarse"}
+        t0 = time.perf_counter()
+        preds = {"starfm": xfusion.starfm(s, preset="lst", pairs="bracket", **kw)}
+        t_starfm = time.perf_counter() - t0
+        preds["fine-plus-change"] = xfusion.baseline(s, **kw)
+        t0 = time.perf_counter()
+        preds["sttfn per-triplet"] = xfusion.sttfn(s, seed=seed, device="cpu", diagnostics=True,
+                                                   **PER_TRIPLET, **kw).compute()
+        t_sttfn = time.perf_counter() - t0
+        preds["sttfn untrained"] = xfusion.sttfn(s, epochs=0, diagnostics=True,
+                                                 arch_params={"sr_width": 4, "feat": 4,
+                                                              "width": 4}, **kw).compute()
+        if weights is not None:
+            preds["sttfn general"] = xfusion.sttfn(s, weights=weights, device="cpu",
+                                                   diagnostics=True, **kw).compute()
+        factor = int(s.attrs["coarse_factor"])
+        for name in [n for n in preds if n.startswith("sttfn")]:
+            p = preds[name]
+            coarse_stc = stc_weighting(p.fine_forward.values, p.fine_backward.values,
+                                       s.coarse.sel(time=p.time).values, factor=factor)
+            preds[f"{name} (coarse STC)"] = p[["fine"]].copy(data={"fine": coarse_stc})
+        targets = preds["starfm"].time.values
+        row: dict[str, Any] = {"benchmark": "sttfn_accuracy_synthetic_lst", "seed": seed,
+                               "size": size, "targets": len(targets)}  # fmt: skip
+        for name, p in preds.items():
+            r = [_rmse(p.fine.sel(time=t), truth.sel(time=t)) for t in targets]
+            q = [_ssim(p.fine.sel(time=t), truth.sel(time=t)) for t in targets]
+            row[f"rmse_{name}"] = float(np.sqrt(np.mean(np.square(r))))
+            row[f"ssim_{name}"] = float(np.mean(q))
+        for name in [n for n in preds if n.startswith("sttfn")]:
+            if f"rmse_{name}" in row:
+                row[f"ratio_{name}_over_starfm"] = row[f"rmse_{name}"] / row["rmse_starfm"]
+        row.update(seconds_starfm=t_starfm, seconds_sttfn_per_triplet=t_sttfn,
+                   seconds_general_training=t_general)
+        rows.append(row)
+    tmp.cleanup()
+    summary = {"benchmark": "sttfn_accuracy_synthetic_lst", "seed": "mean", "size": size}
+    for key in rows[0]:
+        if key.startswith(("rmse_", "ssim_", "ratio_")):
+            summary[key] = float(np.mean([r[key] for r in rows]))
+    return [*rows, summary]
+
+
+def _doy(doy: str) -> str:
+    return str(np.datetime64("2020-01-01") + np.timedelta64(int(doy) - 1, "D"))
+
+
+def kranj_accuracy(data: Path = KRANJ, epochs: int = 20) -> list[dict[str, Any]]:
+    """Kranj: pairs DOY 068 and 093, predict 077 (six bands), STTFN vs STARFM and baselines."""
+    import xfusion
+    from xfusion.cube import from_geotiffs
+
+    if not data.is_dir():
+        return [{"benchmark": "sttfn_accuracy_kranj", "skipped": f"no data at {data}"}]
+
+    def landsat(doy: str) -> str:
+        return glob.glob(str(data / "landsat" / "unfilled" / f"2020{doy}_*.tif"))[0]
+
+    def modis(doy: str) -> str:
+        return glob.glob(str(data / "modis" / "filled" / f"2020{doy}_*.tif"))[0]
+
+    ds = from_geotiffs(fine={_doy(d): landsat(d) for d in ("068", "093")},
+                       coarse={_doy(d): modis(d) for d in ("068", "077", "093")})  # fmt: skip
+    fine = sorted(str(v) for v in ds.data_vars if str(v).startswith("fine"))
+    coarse = sorted(str(v) for v in ds.data_vars if str(v).startswith("coarse"))
+    for c in coarse:
+        ds[c] = ds[c] * 1e4
+    truth = from_geotiffs(fine={_doy("077"): landsat("077")},
+                          coarse={_doy("077"): modis("077")})  # fmt: skip
+    target = [_doy("077")]
+    kw = {"fine": fine, "coarse": coarse, "targets": target}
+    t0 = time.perf_counter()
+    preds = {
+        "sttfn": xfusion.sttfn(ds, epochs=epochs, patches=64, patch_size=24, batch_size=8,
+                               arch_params=HALF, seed=0, device="cpu", **kw),
+    }  # fmt: skip
+    t_sttfn = time.perf_counter() - t0
+    preds["starfm (both pairs)"] = xfusion.starfm(ds, pairs="bracket", preset="usda",
+                                                  max_search_distance=600, **kw)
+    preds["fine-plus-change (068)"] = xfusion.baseline(ds, pairs="before", **kw)
+    preds["fine-at-pair (068)"] = xfusion.baseline(ds, pairs="before", method="fine-at-pair",
+                                                   **kw)
+    preds["coarse at target"] = ds[coarse].sel(time=[np.datetime64(target[0])]).rename(
+        dict(zip(coarse, fine, strict=True)))
+    t = np.datetime64(target[0])
+    ref = {f: truth[f].sel(time=t).values for f in fine}
+    valid = np.logical_and.reduce([np.isfinite(v) for v in ref.values()])
+    for p in preds.values():
+        for f in fine:
+            valid &= np.isfinite(p[f].sel(time=t).values)
+    rows = []
+    for name, p in preds.items():
+        row: dict[str, Any] = {"benchmark": "sttfn_accuracy_kranj", "method": name,
+                               "pixels": int(valid.sum())}  # fmt: skip
+        for b, f in enumerate(fine, start=1):
+            v = p[f].sel(time=t).where(valid)
+            r = truth[f].sel(time=t).where(valid)
+            row[f"rmse_b{b}"] = _rmse(v, r)
+            row[f"ssim_b{b}"] = _ssim(v, r)
+        row["rmse_mean"] = float(np.mean([row[f"rmse_b{b}"] for b in range(1, len(fine) + 1)]))
+        row["ssim_mean"] = float(np.mean([row[f"ssim_b{b}"] for b in range(1, len(fine) + 1)]))
+        if name == "sttfn":
+            row["seconds"] = t_sttfn
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """All STTFN benchmarks (``quick``: smaller sizes, one seed, no general regime)."""
+    rows: list[dict[str, Any]] = []
+    rows.append(inference(size=512 if quick else 1024, chunk=256 if quick else 512,
+                          repeats=1 if quick else 2))
+    rows += training(epochs=1 if quick else 2)
+    rows += synthetic_accuracy(seeds=(0,) if quick else (0, 1, 2), size=128 if quick else 256,
+                               general=not quick)
+    rows += kranj_accuracy(epochs=5 if quick else 20)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", default=None, help="write the rows here")
+    a = p.parse_args(argv)
+    rows = run(quick=a.quick)
+    for r in rows:
+        print(json.dumps(r, default=str))
+    if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        Path(a.json).write_text(json.dumps(rows, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

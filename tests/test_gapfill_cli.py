@@ -1,0 +1,109 @@
+"""``xfusion gapfill``: GeoTIFF stacks and Zarr cubes in, Zarr or GeoTIFF out; usage errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from conftest import requires_torch
+from rasterio.transform import from_origin
+
+from xfusion.cli import main
+from xfusion.io import open_zarr, to_zarr
+from xfusion.testing import synthetic_series
+
+T = from_origin(500000, 5100000, 10, 10)
+
+
+def write_tif(path, data, *, transform=T, descriptions=None):
+    data = np.asarray(data, dtype="float32")
+    data = data[None] if data.ndim == 2 else data
+    with rasterio.open(path, "w", driver="GTiff", count=data.shape[0], height=data.shape[1],
+                       width=data.shape[2], dtype="float32", crs="EPSG:32633",
+                       transform=transform, nodata=np.nan) as dst:
+        dst.write(data)
+        for i, d in enumerate(descriptions or [], start=1):
+            dst.set_band_description(i, d)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def series():
+    return synthetic_series((8, 9), seed=4).isel(time=slice(0, 12))
+
+
+@pytest.fixture
+def stack(series, tmp_path):
+    opt, sar = [], []
+    for k, t in enumerate(series.time.values):
+        d = str(t)[:10]
+        opt += ["--optical", f"{d}={write_tif(tmp_path / f'ndvi_{k}.tif', series.ndvi[k])}"]
+        s = np.stack([series.vh_db[k], series.rvi[k]])
+        sar += ["--sar", f"{d}={write_tif(tmp_path / f'sar_{k}.tif', s, descriptions=['vh_db', 'rvi'])}"]
+    return opt, sar
+
+
+def test_linear_geotiffs_to_geotiff(series, stack, tmp_path, capsys):
+    opt, _ = stack
+    out = tmp_path / "filled.tif"
+    assert main(["gapfill", *opt, "--method", "linear", "--out", str(out), "--chunks", "4"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    from xfusion import gapfill
+
+    ref = gapfill(series, method="linear")
+    with rasterio.open(out) as src:
+        got = src.read()
+        assert src.count == 12 and src.descriptions[0] == str(series.time.values[0])[:10]
+    np.testing.assert_array_equal(got, ref.ndvi.values)
+    with rasterio.open(tmp_path / "filled_filled.tif") as src:
+        np.testing.assert_array_equal(src.read() == 1, ref.ndvi_filled.values)
+    assert (tmp_path / "filled_uncertainty.tif").exists()
+
+
+@requires_torch
+def test_stori_geotiffs_to_zarr_and_saved_weights(series, stack, tmp_path):
+    opt, sar = stack
+    out = tmp_path / "filled.zarr"
+    w = tmp_path / "w.safetensors"
+    args = ["gapfill", *opt, *sar, "--out", str(out), "--param", "hidden=4", "--param",
+            "epochs=1", "--save-weights", str(w)]
+    assert main(args) == 0
+    res = open_zarr(str(out))
+    assert {"ndvi", "ndvi_filled", "ndvi_uncertainty"} <= set(res.data_vars)
+    obs = series.ndvi.notnull().values
+    np.testing.assert_array_equal(res.ndvi.values[obs], series.ndvi.values[obs])
+    assert np.isfinite(res.ndvi.values).all() and w.exists()
+    again = tmp_path / "again.zarr"
+    assert main(["gapfill", *opt, *sar, "--out", str(again), "--weights", str(w)]) == 0
+    xr.testing.assert_allclose(open_zarr(str(again)).ndvi, res.ndvi)
+
+
+def test_zarr_cube_input(series, tmp_path):
+    cube = tmp_path / "cube.zarr"
+    to_zarr(series[["ndvi", "vh_db", "rvi"]].chunk({"time": 4}), str(cube))
+    out = tmp_path / "out.zarr"
+    assert main(["gapfill", "--input", str(cube), "--optical-var", "ndvi", "--method",
+                 "harmonic", "--param", "harmonics=1", "--out", str(out)]) == 0
+    from xfusion import gapfill
+
+    ref = gapfill(series, method="harmonic", harmonics=1)
+    np.testing.assert_allclose(open_zarr(str(out)).ndvi.values, ref.ndvi.values, rtol=1e-6)
+
+
+def test_usage_and_input_errors(series, stack, tmp_path, capsys):
+    opt, sar = stack
+    out = str(tmp_path / "x.zarr")
+    assert main(["gapfill", *opt, "--method", "kriging", "--out", out]) == 2
+    assert "unknown --method 'kriging'" in capsys.readouterr().err
+    assert main(["gapfill", *opt, "--method", "savgol", "--param", "harmonics=2",
+                 "--out", out]) == 2
+    assert "unknown --param 'harmonics' for method 'savgol'" in capsys.readouterr().err
+    assert main(["gapfill", *opt, "--out", out]) == 2  # stori without SAR
+    assert "--method stori needs SAR features" in capsys.readouterr().err
+    assert main(["gapfill", "--input", "c.zarr", "--out", out]) == 2
+    assert "--input needs --optical-var" in capsys.readouterr().err
+    assert main(["gapfill", *opt, *sar[:-2], "--method", "linear", "--out", out]) == 1
+    err = capsys.readouterr().err
+    assert "TimeAxisError" in err and "must share their dates" in err
+    assert main(["gapfill", *opt, "--method", "linear", "--out", str(tmp_path / "x.png")]) == 2

@@ -1,0 +1,194 @@
+"""A small registry of model architectures and known weights (no torch at import).
+
+Architectures are named builders (``"package.module:function"``) with default parameters;
+weights are named safetensors checkpoints with their SHA-256. Methods resolve
+``arch="xfusion-v1"`` and ``weights="<name or path>"`` through here, and the engine builds
+the nets from :func:`build_from_checkpoint` once per worker (the graph carries only the path
+and the file's hash).
+
+Examples
+--------
+>>> import xfusion.models
+>>> [a.name for a in xfusion.models.list_architectures(method="sttfn")]
+['xfusion-v1']
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xfusion.errors import InvalidParameterError, WeightsNotFoundError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "Architecture",
+    "KnownWeights",
+    "build_from_checkpoint",
+    "build_model",
+    "get_architecture",
+    "list_architectures",
+    "list_weights",
+    "register_architecture",
+    "register_weights",
+    "resolve_weights",
+]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A registered architecture."""
+
+    name: str
+    """Registry name, e.g. ``"xfusion-v1"``."""
+    builder: str
+    """``"package.module:function"`` called as ``builder(bands, **params)``."""
+    method: str
+    """The method it serves (``"sttfn"``...)."""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    """Default parameters (what ``params`` may override)."""
+    description: str = ""
+    """One line: what it is and how faithful it is."""
+    verified: bool = False
+    """True when checked layer by layer against the paper."""
+
+
+@dataclass(frozen=True)
+class KnownWeights:
+    """A named checkpoint file."""
+
+    name: str
+    """Registry name."""
+    path: str
+    """Local path of the ``.safetensors`` file."""
+    sha256: str | None
+    """SHA-256 of the whole file (checked on use when given)."""
+    arch: str
+    """Architecture the weights are for."""
+    description: str = ""
+    """What they were trained on."""
+
+
+_ARCHS: dict[str, Architecture] = {}
+_WEIGHTS: dict[str, KnownWeights] = {}
+
+
+def register_architecture(arch: Architecture, *, overwrite: bool = False) -> None:
+    """Add an architecture to the registry (``overwrite=True`` to replace one)."""
+    if arch.name in _ARCHS and not overwrite:
+        raise InvalidParameterError(
+            f"An architecture named {arch.name!r} is already registered; pass overwrite=True "
+            "to replace it."
+        )
+    _ARCHS[arch.name] = arch
+
+
+def register_weights(weights: KnownWeights, *, overwrite: bool = False) -> None:
+    """Add a named checkpoint to the registry (``overwrite=True`` to replace one)."""
+    if weights.name in _WEIGHTS and not overwrite:
+        raise InvalidParameterError(
+            f"Weights named {weights.name!r} are already registered; pass overwrite=True to "
+            "replace them."
+        )
+    if weights.arch not in _ARCHS:
+        raise InvalidParameterError(
+            f"Weights {weights.name!r} are for the unknown architecture {weights.arch!r}; "
+            f"registered architectures: {sorted(_ARCHS)!r}."
+        )
+    _WEIGHTS[weights.name] = weights
+
+
+def list_architectures(method: str | None = None) -> list[Architecture]:
+    """Registered architectures (of one ``method`` when given), sorted by name."""
+    return [a for _, a in sorted(_ARCHS.items()) if method is None or a.method == method]
+
+
+def list_weights(arch: str | None = None) -> list[KnownWeights]:
+    """Registered weights (for one ``arch`` when given), sorted by name."""
+    return [w for _, w in sorted(_WEIGHTS.items()) if arch is None or w.arch == arch]
+
+
+def get_architecture(name: str) -> Architecture:
+    """Return the registered architecture ``name`` or raise listing the choices."""
+    try:
+        return _ARCHS[name]
+    except (KeyError, TypeError):
+        raise InvalidParameterError(
+            f"Unknown architecture {name!r}. Registered architectures: {sorted(_ARCHS)!r} "
+            "(add one with xfusion.models.register_architecture)."
+        ) from None
+
+
+def arch_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Defaults of architecture ``name`` updated with ``params`` (unknown keys → error)."""
+    arch = get_architecture(name)
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(arch.defaults))
+    if unknown:
+        raise InvalidParameterError(
+            f"Unknown parameter(s) {unknown!r} for architecture {name!r}. Valid parameters: "
+            f"{sorted(arch.defaults)!r}."
+        )
+    out = dict(arch.defaults)
+    out.update(params)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def build_model(name: str, bands: int = 1, **params: Any) -> torch.nn.Module:
+    """Build architecture ``name`` for ``bands`` bands (imports torch)."""
+    arch = get_architecture(name)
+    full = arch_params(name, {k: v for k, v in params.items() if k not in ("mean", "std")})
+    full.update({k: v for k, v in params.items() if k in ("mean", "std")})
+    module, _, attr = arch.builder.partition(":")
+    func = getattr(importlib.import_module(module), attr)
+    return func(bands, **full)  # type: ignore[no-any-return]
+
+
+def resolve_weights(weights: str | Path) -> tuple[str, str | None]:
+    """Return ``(path, expected_sha256)`` for a registered name or a file path."""
+    if isinstance(weights, str) and weights in _WEIGHTS:
+        w = _WEIGHTS[weights]
+        return w.path, w.sha256
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"Weights {str(weights)!r} are neither a file nor a registered name. Registered "
+            f"weights: {sorted(_WEIGHTS)!r}. Pass the path of a .safetensors checkpoint saved "
+            "by xfusion (e.g. by train_sttfn(..., out=...))."
+        )
+    return str(path.resolve()), None
+
+
+def build_from_checkpoint(path: str, net: str, sha256: str | None = None) -> torch.nn.Module:
+    """Build sub-network ``net`` of an xfusion checkpoint (the engine's ModelSpec builder).
+
+    Integrity (file hash when ``sha256`` is given, payload hash always) is verified; nothing
+    is unpickled.
+    """
+    from xfusion.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, expected_sha256=sha256)
+    return ckpt.build(net)
+
+
+register_architecture(
+    Architecture(
+        name="xfusion-v1",
+        builder="xfusion.models.sttfn:build_xfusion_v1",
+        method="sttfn",
+        defaults={
+            "sr_width": 64, "feat": 32, "width": 64, "blocks": 2, "sr_kernels": (9, 1, 5),
+            "fine_kernels": (3, 3), "block_kernels": (3, 5, 7), "head_kernel": 3,
+            "init": "zero-head",
+        },
+        description="STTFN multiscale fusion CNN reconstructed from the paper's structure "
+        "(Super-Resolution, Integration and Extraction nets, global residual); layer sizes "
+        "are xfusion's choice (405,025 parameters per net for one band), not the paper's table",
+        verified=False,
+    )
+)
