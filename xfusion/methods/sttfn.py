@@ -1106,4 +1106,5 @@ def train_sttfn(
 
 def _sttfn_cli(ds: xr.Dataset, /, **kwargs: Any) -> xr.Dataset:
     """CLI entry: :func:`sttfn` with the CLI's ``--param`` values (progress on a terminal)."""
+    kwargs.setdefault("progress", True)
     return sttfn(ds, **kwargs)
