@@ -27,6 +27,7 @@ training ones.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Sequence
@@ -514,7 +515,7 @@ def spatial_split(
 # samplers
 
 
-class _Sampler:
+class _Sampler(abc.ABC):
     def __init__(
         self,
         source: PatchSource | Any,
@@ -578,8 +579,9 @@ class _Sampler:
             self._patches = self._draw()
         return self._patches
 
-    def _draw(self) -> list[Patch]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _draw(self) -> list[Patch]:
+        """Draw the patches (each sampler's own rule)."""
 
     def __len__(self) -> int:
         return len(self.patches)
