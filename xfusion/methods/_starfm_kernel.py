@@ -22,7 +22,7 @@ import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
@@ -447,6 +447,64 @@ def _normalise_halo(halo: int | Sequence[int]) -> tuple[int, int, int, int]:
     return int(h[0]), int(h[1]), int(h[2]), int(h[3])
 
 
+class _BlockInputs(NamedTuple):
+    l1: np.ndarray
+    m1: np.ndarray
+    m2: np.ndarray
+    interior: tuple[int, int, int, int]
+    thresholds: np.ndarray
+    distance_scale: float
+    before: int
+    after: int
+
+
+def _check_block_inputs(fine: Any, coarse_pair: Any, coarse_target: Any, *, window: Any,
+                        halo: Any, thresholds: Any, distance_scale: float | None,
+                        distance_offset: float) -> _BlockInputs:
+    """Validate the inputs shared by the numba and torch STARFM kernels."""
+    before, after = window_offsets(window)
+    top, bottom, left, right = _normalise_halo(halo)
+
+    l1 = _as_stack(fine, "fine")
+    m1 = _as_stack(coarse_pair, "coarse_pair")
+    m2 = np.asarray(coarse_target)
+    if m1.shape != l1.shape or m2.shape != l1.shape[1:]:
+        raise InvalidParameterError(
+            f"Shapes do not match: fine {l1.shape!r}, coarse_pair {m1.shape!r}, coarse_target "
+            f"{m2.shape!r}. fine and coarse_pair must be (npairs, H, W), coarse_target (H, W), "
+            "all on the fine grid."
+        )
+    npairs, nrow, ncol = l1.shape
+    if npairs < 1:
+        raise InvalidParameterError("STARFM needs at least one fine/coarse pair; got npairs=0.")
+    r0, r1, c0, c1 = top, nrow - bottom, left, ncol - right
+    if r1 < r0 or c1 < c0:
+        raise InvalidParameterError(
+            f"halo {halo!r} is larger than the block {l1.shape[1:]!r}; the interior would be "
+            "empty. Use smaller halos or larger chunks."
+        )
+    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (npairs,))
+    if not np.all(np.isfinite(thr)) or np.any(thr < 0):
+        raise InvalidParameterError(
+            f"thresholds must be finite and >= 0, one per pair ({npairs}); got {thresholds!r}. "
+            "Compute them with similarity_threshold(fine_of_that_pair)."
+        )
+    if distance_scale is None:
+        distance_scale = (before + after + 1) / 2.0
+    if not (math.isfinite(distance_scale) and distance_scale > 0):
+        raise InvalidParameterError(
+            f"distance_scale (max_search_distance / resolution) must be > 0; got "
+            f"{distance_scale!r}. USDA uses 750 m / 30 m = 25."
+        )
+    if not (math.isfinite(distance_offset) and distance_offset > 0):
+        raise InvalidParameterError(
+            f"distance_offset (the +1 of t_dis) must be finite and > 0, else t_dis can be 0 and "
+            f"its inverse infinite; got {distance_offset!r}. USDA uses 1 (one x1e4 reflectance "
+            "unit); use one unit of the data's precision, e.g. 0.01 for LST in kelvin."
+        )
+    return _BlockInputs(l1, m1, m2, (r0, r1, c0, c1), thr, float(distance_scale), before, after)
+
+
 def starfm_block(
     fine: np.ndarray,
     coarse_pair: np.ndarray,
@@ -563,46 +621,13 @@ def starfm_block(
         raise InvalidParameterError(
             f"dtype must be 'float32' or 'float64'; got {dtype!r}. float32 is the default."
         )
-    before, after = window_offsets(window)
-    top, bottom, left, right = _normalise_halo(halo)
-
-    l1 = _as_stack(fine, "fine")
-    m1 = _as_stack(coarse_pair, "coarse_pair")
-    m2 = np.asarray(coarse_target)
-    if m1.shape != l1.shape or m2.shape != l1.shape[1:]:
-        raise InvalidParameterError(
-            f"Shapes do not match: fine {l1.shape!r}, coarse_pair {m1.shape!r}, coarse_target "
-            f"{m2.shape!r}. fine and coarse_pair must be (npairs, H, W), coarse_target (H, W), "
-            "all on the fine grid."
-        )
-    npairs, nrow, ncol = l1.shape
-    if npairs < 1:
-        raise InvalidParameterError("STARFM needs at least one fine/coarse pair; got npairs=0.")
-    r0, r1, c0, c1 = top, nrow - bottom, left, ncol - right
-    if r1 < r0 or c1 < c0:
-        raise InvalidParameterError(
-            f"halo {halo!r} is larger than the block {l1.shape[1:]!r}; the interior would be "
-            "empty. Use smaller halos or larger chunks."
-        )
-    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (npairs,))
-    if not np.all(np.isfinite(thr)) or np.any(thr < 0):
-        raise InvalidParameterError(
-            f"thresholds must be finite and >= 0, one per pair ({npairs}); got {thresholds!r}. "
-            "Compute them with similarity_threshold(fine_of_that_pair)."
-        )
-    if distance_scale is None:
-        distance_scale = (before + after + 1) / 2.0
-    if not (math.isfinite(distance_scale) and distance_scale > 0):
-        raise InvalidParameterError(
-            f"distance_scale (max_search_distance / resolution) must be > 0; got "
-            f"{distance_scale!r}. USDA uses 750 m / 30 m = 25."
-        )
-    if not (math.isfinite(distance_offset) and distance_offset > 0):
-        raise InvalidParameterError(
-            f"distance_offset (the +1 of t_dis) must be finite and > 0, else t_dis can be 0 and "
-            f"its inverse infinite; got {distance_offset!r}. USDA uses 1 (one x1e4 reflectance "
-            "unit); use one unit of the data's precision, e.g. 0.01 for LST in kelvin."
-        )
+    chk = _check_block_inputs(fine, coarse_pair, coarse_target, window=window, halo=halo,
+                              thresholds=thresholds, distance_scale=distance_scale,
+                              distance_offset=distance_offset)
+    l1, m1, m2, thr, distance_scale = chk.l1, chk.m1, chk.m2, chk.thresholds, chk.distance_scale
+    before, after = chk.before, chk.after
+    r0, r1, c0, c1 = chk.interior
+    npairs = l1.shape[0]
     s_lsr, s_msr, s_comb = uncertainty_terms(
         fine_uncertainty, coarse_uncertainty, reference=reference
     )

@@ -23,17 +23,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xfusion._compat import lazy_import
-from xfusion.errors import InvalidParameterError
 from xfusion.methods._starfm_kernel import (
     USDA_DATA_RANGE,
     USDA_FILL,
     USDA_UNCERTAINTY,
     StarfmDiagnostics,
-    _as_stack,
-    _normalise_halo,
+    _check_block_inputs,
     distance_weights,
     uncertainty_terms,
-    window_offsets,
 )
 
 if TYPE_CHECKING:
@@ -101,43 +98,13 @@ def starfm_block_torch(
     large blocks (1-4 k pixels on a side) keep a GPU busy; small blocks are launch-bound.
     """
     torch = _torch()
-    before, after = window_offsets(window)
-    top, bottom, left, right = _normalise_halo(halo)
-    l1 = _as_stack(fine, "fine")
-    m1 = _as_stack(coarse_pair, "coarse_pair")
-    m2 = np.asarray(coarse_target)
-    if m1.shape != l1.shape or m2.shape != l1.shape[1:]:
-        raise InvalidParameterError(
-            f"Shapes do not match: fine {l1.shape!r}, coarse_pair {m1.shape!r}, coarse_target "
-            f"{m2.shape!r}. fine and coarse_pair must be (npairs, H, W), coarse_target (H, W), "
-            "all on the fine grid."
-        )
+    chk = _check_block_inputs(fine, coarse_pair, coarse_target, window=window, halo=halo,
+                              thresholds=thresholds, distance_scale=distance_scale,
+                              distance_offset=distance_offset)
+    l1, m1, m2, thr, distance_scale = chk.l1, chk.m1, chk.m2, chk.thresholds, chk.distance_scale
+    before, after = chk.before, chk.after
+    r0, r1, c0, c1 = chk.interior
     npairs, nrow, ncol = l1.shape
-    if npairs < 1:
-        raise InvalidParameterError("STARFM needs at least one fine/coarse pair; got npairs=0.")
-    r0, r1, c0, c1 = top, nrow - bottom, left, ncol - right
-    if r1 < r0 or c1 < c0:
-        raise InvalidParameterError(
-            f"halo {halo!r} is larger than the block {l1.shape[1:]!r}; the interior would be "
-            "empty. Use smaller halos or larger chunks."
-        )
-    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (npairs,))
-    if not np.all(np.isfinite(thr)) or np.any(thr < 0):
-        raise InvalidParameterError(
-            f"thresholds must be finite and >= 0, one per pair ({npairs}); got {thresholds!r}. "
-            "Compute them with similarity_threshold(fine_of_that_pair)."
-        )
-    if distance_scale is None:
-        distance_scale = (before + after + 1) / 2.0
-    if not (math.isfinite(distance_scale) and distance_scale > 0):
-        raise InvalidParameterError(
-            f"distance_scale (max_search_distance / resolution) must be > 0; got "
-            f"{distance_scale!r}. USDA uses 750 m / 30 m = 25."
-        )
-    if not (math.isfinite(distance_offset) and distance_offset > 0):
-        raise InvalidParameterError(
-            f"distance_offset (the +1 of t_dis) must be finite and > 0; got {distance_offset!r}."
-        )
     s_lsr, s_msr, s_comb = uncertainty_terms(
         fine_uncertainty, coarse_uncertainty, reference=reference
     )
