@@ -28,6 +28,7 @@ from xfusion.methods.starfm import starfm
 from xfusion.methods.sttfn import sttfn, train_sttfn
 from xfusion.methods.super_resolve import super_resolve, train_sif_sr
 from xfusion.stac import load_pair
+from xfusion.jobs import Job, cluster, load_job, run
 
 _SUBMODULES = ("config", "cube", "engine", "io", "metrics", "models", "stac", "testing", "training")
 
@@ -47,8 +48,10 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "Job",
     "__version__",
     "baseline",
+    "cluster",
     "combine",
     "composite",
     "dms",
@@ -59,9 +62,11 @@ __all__ = [
     "gapfill_inputs",
     "harmonize",
     "load_cube",
+    "load_job",
     "load_pair",
     "mark_observed",
     "mask_s2",
+    "run",
     "s1_features",
     "s2_ndvi",
     "starfm",

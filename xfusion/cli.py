@@ -52,7 +52,7 @@ def parse_json(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"expected JSON such as {{\"width\": 32}}: {err}") from None
+        raise ValueError(f'expected JSON such as {{"width": 32}}: {err}') from None
 
 
 def parse_range(text: str) -> tuple[float, float]:
@@ -376,21 +376,49 @@ def build_parser() -> argparse.ArgumentParser:
         + _sr_methods_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sr.add_argument("method", metavar="METHOD",
-                    help="sif-sr1, sif-sr2, dms, bicubic or harmonize")
-    sr.add_argument("--coarse", metavar="C.tif", required=True,
-                    help="coarse GeoTIFF (LST in kelvin; harmonize: the Landsat bands)")
-    sr.add_argument("--guide", metavar="G.tif", default=None,
-                    help="fine guide GeoTIFF on a grid nested in the coarse one (NDVI, bands)")
-    sr.add_argument("--scale", metavar="N", type=_positive_int, default=None,
-                    help="fine pixels per coarse pixel (default: from the grids)")
+    sr.add_argument("method", metavar="METHOD", help="sif-sr1, sif-sr2, dms, bicubic or harmonize")
+    sr.add_argument(
+        "--coarse",
+        metavar="C.tif",
+        required=True,
+        help="coarse GeoTIFF (LST in kelvin; harmonize: the Landsat bands)",
+    )
+    sr.add_argument(
+        "--guide",
+        metavar="G.tif",
+        default=None,
+        help="fine guide GeoTIFF on a grid nested in the coarse one (NDVI, bands)",
+    )
+    sr.add_argument(
+        "--scale",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help="fine pixels per coarse pixel (default: from the grids)",
+    )
     sr.add_argument("--out", metavar="P.tif", required=True, help="output GeoTIFF")
-    sr.add_argument("--weights", metavar="W", action="append", default=None,
-                    help="checkpoint of a learned method (repeat for an ensemble)")
-    sr.add_argument("--param", metavar="KEY=VALUE", type=_key_value, action="append",
-                    default=[], help="a method parameter (repeat for more)")
-    sr.add_argument("--chunks", metavar="N", type=_positive_int, default=512,
-                    help="spatial chunk size of the coarse input in pixels (default 512)")
+    sr.add_argument(
+        "--weights",
+        metavar="W",
+        action="append",
+        default=None,
+        help="checkpoint of a learned method (repeat for an ensemble)",
+    )
+    sr.add_argument(
+        "--param",
+        metavar="KEY=VALUE",
+        type=_key_value,
+        action="append",
+        default=[],
+        help="a method parameter (repeat for more)",
+    )
+    sr.add_argument(
+        "--chunks",
+        metavar="N",
+        type=_positive_int,
+        default=512,
+        help="spatial chunk size of the coarse input in pixels (default 512)",
+    )
     sr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     sr.set_defaults(handler=_cmd_super_resolve, subparser=sr)
 
@@ -398,7 +426,102 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", metavar="DIR", default=None, help="output folder")
     demo.add_argument("--size", metavar="N", type=_positive_int, default=None, help="image size")
     demo.set_defaults(handler=_cmd_demo, subparser=demo)
+    _add_run_parser(sub)
     return parser
+
+
+_RUN_EPILOG = """\
+exit status: 0 when every tile is done, 1 when tiles failed (listed; re-run to retry them)
+or the job is rejected, 2 on usage errors. Re-running the same job resumes it: finished
+tiles are skipped.
+
+example:
+  xfusion run tahoe.yaml --cluster local --workers 2
+"""
+
+
+def _add_run_parser(sub: Any) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run a job (AOI, period, method, output Zarr) tile by tile, resumably",
+        description="Process a job file (YAML) over its whole area of interest into a Zarr v3\n"
+        "store: tiles are searched, loaded, fused and written in batches; tiles already done\n"
+        "are skipped, failing tiles are retried and then reported.",
+        epilog=_RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("job", metavar="JOB.yaml", help="the job file")
+    run.add_argument(
+        "--cluster",
+        metavar="KIND",
+        default=None,
+        help="none (default: local threads, one tile at a time), auto, local, cuda, or a "
+        "scheduler address tcp://HOST:PORT",
+    )
+    run.add_argument(
+        "--workers",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help="workers of a local cluster (default: one per CPU core or GPU)",
+    )
+    run.add_argument(
+        "--threads-per-worker",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help="threads per worker of a local cluster (default 1)",
+    )
+    run.add_argument(
+        "--store",
+        metavar="PATH",
+        default=None,
+        help="output store instead of the job's output.store",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an existing store and start afresh (default: resume it)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.set_defaults(handler=_cmd_run, subparser=run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import logging
+
+    from xfusion.jobs import cluster, load_job, run
+
+    job = load_job(args.job)
+    if args.store:
+        job = dataclasses.replace(job, store=args.store)
+    if not args.quiet:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger = logging.getLogger("xfusion.run")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    client = None
+    if args.cluster not in (None, "none"):
+        client = cluster(
+            args.cluster, n_workers=args.workers, threads_per_worker=args.threads_per_worker
+        )
+    elif args.workers or args.threads_per_worker:
+        raise _UsageError("--workers/--threads-per-worker need --cluster (e.g. --cluster local)")
+    try:
+        report = run(
+            job,
+            client=client,
+            overwrite=args.overwrite,
+            progress=False if args.quiet else None,
+            log_every=10.0,
+        )
+    finally:
+        if client is not None:
+            client.close()
+    print(report)
+    return 0 if report.ok else 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -544,8 +667,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 GAPFILL_PARAMS: dict[str, dict[str, Param]] = {
     "stori": {
-        "variant": Param(choices=("fixed", "faithful"),
-                         help="fixed (default) or faithful (the public code's behaviour)"),
+        "variant": Param(
+            choices=("fixed", "faithful"),
+            help="fixed (default) or faithful (the public code's behaviour)",
+        ),
         "epochs": Param(parse=int, help="maximum training epochs (fixed: 100, faithful: 250)"),
         "hidden": Param(parse=int, help="LSTM hidden size (default 96)"),
         "seed": Param(parse=int, help="training seed (default 0)"),
@@ -604,30 +729,71 @@ def _add_gapfill_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = gap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--optical", metavar="DATE=PATH", type=_dated_path, action="append",
-                     help="an optical GeoTIFF and its date (repeat for every date)")
+    src.add_argument(
+        "--optical",
+        metavar="DATE=PATH",
+        type=_dated_path,
+        action="append",
+        help="an optical GeoTIFF and its date (repeat for every date)",
+    )
     src.add_argument("--input", metavar="CUBE.zarr", help="a Zarr cube holding the series")
-    gap.add_argument("--sar", metavar="DATE=PATH", type=_dated_path, action="append",
-                     default=None, help="a SAR GeoTIFF (bands = features) and its date")
-    gap.add_argument("--optical-var", metavar="NAME", default=None,
-                     help="optical variable: in --input, or the name given to --optical "
-                     "(default ndvi)")
-    gap.add_argument("--sar-var", metavar="NAME", action="append", default=None,
-                     help="SAR feature variable in --input (repeat for each)")
-    gap.add_argument("--method", default="stori", help="stori (default), linear, savgol or "
-                     "harmonic")
-    gap.add_argument("--out", metavar="PATH", required=True,
-                     help="output PATH.zarr or PATH.tif")
-    gap.add_argument("--param", metavar="KEY=VALUE", type=_key_value, action="append",
-                     default=[], help="a method parameter (repeat for more; see above)")
-    gap.add_argument("--weights", metavar="PATH", default=None,
-                     help="trained STORI weights (.safetensors) instead of training")
-    gap.add_argument("--save-weights", metavar="PATH", default=None,
-                     help="save the STORI weights trained on this scene")
-    gap.add_argument("--chunks", metavar="N", type=_positive_int, default=512,
-                     help="spatial chunk size in pixels (default 512)")
-    gap.add_argument("--resampling", default="bilinear",
-                     help="resampling of SAR files onto the optical grid (default bilinear)")
+    gap.add_argument(
+        "--sar",
+        metavar="DATE=PATH",
+        type=_dated_path,
+        action="append",
+        default=None,
+        help="a SAR GeoTIFF (bands = features) and its date",
+    )
+    gap.add_argument(
+        "--optical-var",
+        metavar="NAME",
+        default=None,
+        help="optical variable: in --input, or the name given to --optical (default ndvi)",
+    )
+    gap.add_argument(
+        "--sar-var",
+        metavar="NAME",
+        action="append",
+        default=None,
+        help="SAR feature variable in --input (repeat for each)",
+    )
+    gap.add_argument(
+        "--method", default="stori", help="stori (default), linear, savgol or harmonic"
+    )
+    gap.add_argument("--out", metavar="PATH", required=True, help="output PATH.zarr or PATH.tif")
+    gap.add_argument(
+        "--param",
+        metavar="KEY=VALUE",
+        type=_key_value,
+        action="append",
+        default=[],
+        help="a method parameter (repeat for more; see above)",
+    )
+    gap.add_argument(
+        "--weights",
+        metavar="PATH",
+        default=None,
+        help="trained STORI weights (.safetensors) instead of training",
+    )
+    gap.add_argument(
+        "--save-weights",
+        metavar="PATH",
+        default=None,
+        help="save the STORI weights trained on this scene",
+    )
+    gap.add_argument(
+        "--chunks",
+        metavar="N",
+        type=_positive_int,
+        default=512,
+        help="spatial chunk size in pixels (default 512)",
+    )
+    gap.add_argument(
+        "--resampling",
+        default="bilinear",
+        help="resampling of SAR files onto the optical grid (default bilinear)",
+    )
     gap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     gap.set_defaults(handler=_cmd_gapfill, subparser=gap)
 
@@ -661,12 +827,22 @@ def _gapfill_cube(args: argparse.Namespace) -> tuple[Any, str, list[str]]:
             )
     # from_geotiffs needs a coarse role; the optical files stand in for it (never read: the
     # variable is dropped before anything is computed).
-    ds = from_geotiffs(fine=args.optical, coarse=args.optical,
-                       guides={"sar": args.sar} if args.sar else None, fine_name=name,
-                       coarse_name=f"_{name}_unused", chunks=args.chunks,
-                       resampling=args.resampling)
-    ds = ds.drop_vars([v for v in ds.variables if str(v).startswith(f"_{name}_unused")
-                       or str(v).startswith(f"observed__{name}_unused")])
+    ds = from_geotiffs(
+        fine=args.optical,
+        coarse=args.optical,
+        guides={"sar": args.sar} if args.sar else None,
+        fine_name=name,
+        coarse_name=f"_{name}_unused",
+        chunks=args.chunks,
+        resampling=args.resampling,
+    )
+    ds = ds.drop_vars(
+        [
+            v
+            for v in ds.variables
+            if str(v).startswith(f"_{name}_unused") or str(v).startswith(f"observed__{name}_unused")
+        ]
+    )
     sar = [str(v) for v in ds.data_vars if v == "sar" or str(v).startswith("sar_")]
     return ds, name, sar
 
@@ -674,9 +850,11 @@ def _gapfill_cube(args: argparse.Namespace) -> tuple[Any, str, list[str]]:
 def _cmd_gapfill(args: argparse.Namespace) -> int:
     if args.method not in GAPFILL_PARAMS:
         raise _UsageError(
-            f"unknown --method {args.method!r}; choose one of {sorted(GAPFILL_PARAMS)}")
-    entry = MethodEntry(target="xfusion.methods.gapfill:gapfill", help="",
-                        params=GAPFILL_PARAMS[args.method])
+            f"unknown --method {args.method!r}; choose one of {sorted(GAPFILL_PARAMS)}"
+        )
+    entry = MethodEntry(
+        target="xfusion.methods.gapfill:gapfill", help="", params=GAPFILL_PARAMS[args.method]
+    )
     params = _method_params(entry, args.method, args.param)
     fmt = _out_format(args.out)
     if os.path.exists(args.out) and not args.overwrite:
@@ -689,16 +867,19 @@ def _cmd_gapfill(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {}
     if args.method == "stori":
         if not sar:
-            raise _UsageError("--method stori needs SAR features: --sar DATE=PATH files or "
-                              "--sar-var NAME with --input")
+            raise _UsageError(
+                "--method stori needs SAR features: --sar DATE=PATH files or "
+                "--sar-var NAME with --input"
+            )
         device = params.pop("device", "auto")
         config = StoriConfig(**params)
         kwargs.update(sar=sar, device=device)
         if args.weights:
             kwargs["weights"] = args.weights
         elif args.save_weights:
-            kwargs["weights"] = fit_stori(ds, optical=optical, sar=sar, config=config,
-                                          device=device, out=args.save_weights)
+            kwargs["weights"] = fit_stori(
+                ds, optical=optical, sar=sar, config=config, device=device, out=args.save_weights
+            )
         else:
             kwargs["config"] = config
     else:
@@ -711,8 +892,10 @@ def _cmd_gapfill(args: argparse.Namespace) -> int:
         write_geotiff(out[[optical]], args.out)
         write_geotiff(out[[f"{optical}_uncertainty"]], f"{base}_uncertainty.tif")
         write_geotiff(out[[f"{optical}_filled"]].astype("float32"), f"{base}_filled.tif")
-    print(f"xfusion: filled {optical!r} ({args.method}) over {out.sizes['time']} time steps; "
-          f"wrote {args.out}")
+    print(
+        f"xfusion: filled {optical!r} ({args.method}) over {out.sizes['time']} time steps; "
+        f"wrote {args.out}"
+    )
     return 0
 
 

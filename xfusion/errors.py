@@ -33,6 +33,9 @@ __all__ = [
     "StacApiError",
     "StacError",
     "UnknownCollectionError",
+    # continental runs (xfusion.run, xfusion.cluster)
+    "ClusterError",
+    "JobError",
 ]
 
 
@@ -133,3 +136,11 @@ class SigningError(StacError, PermissionError):
 
 class AssetReadError(StacError, OSError):
     """An asset of a STAC item could not be read (the message names the item and the asset)."""
+
+
+class JobError(XFusionError, ValueError):
+    """A run job (``xfusion.run`` / ``xfusion run job.yaml``) is malformed or inconsistent."""
+
+
+class ClusterError(XFusionError, RuntimeError):
+    """A Dask cluster could not be started or reached (the message says what to install/fix)."""

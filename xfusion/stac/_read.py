@@ -302,6 +302,7 @@ class _Reader:
             )
         else:
             where = "an asset"
+        _clear_gdal_cache(src.uri)  # a later retry (e.g. of a whole tile) must read afresh
         if drv.fail_on_error:
             raise AssetReadError(
                 f"Could not read {where} from {href!r}: {err}. {_hint(err, src.uri, drv.retries)}"
@@ -319,7 +320,6 @@ class _Reader:
             "Skipped %s from %r (read failed: %s); its pixels are NaN in the result.",
             where, href, err,
         )
-        _clear_gdal_cache(src.uri)
         if dst is not None:
             return np.s_[0:0, 0:0], dst[0:0, 0:0]
         return np.s_[0:0, 0:0], np.ndarray((0, 0), dtype=cfg.dtype)

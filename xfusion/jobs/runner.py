@@ -1,0 +1,1029 @@
+"""``xfusion.run(job)``: tile-batched, resumable processing of an area of any size into Zarr.
+
+How a run works
+---------------
+1. The output grid (an odc-geo ``GeoBox`` over the AOI in the job's CRS, pixel size and anchor)
+   is cut into square tiles of ``job.tile`` pixels. The output time axis is ``job.targets`` or
+   every day of the period with a coarse item over the AOI (one metadata search).
+2. The Zarr v3 store is written once as a *template* (coordinates, CRS, GeoZarr and provenance
+   attributes, optional shards of one tile; no data) with a done-marker array (one chunk per
+   tile). An existing store is resumed when it was written by the same job.
+3. Tiles not marked done are processed in batches: per batch the fine and coarse collections
+   are searched over the batch's footprint, the items signed (Planetary Computer tokens are
+   fresh for every batch), and one task per tile is submitted. The task runs on a Dask worker
+   (or a local thread without a cluster): it loads the tile plus a margin (the method's
+   window) with :func:`xfusion.load_pair`, builds the method's lazy graph, computes it with the
+   worker's threads and writes the tile's region. The driver marks the tile done only after the
+   task returns, so a crash or a kill at any point loses at most the tiles in flight.
+4. A failing tile is retried (re-searched and re-signed) up to ``job.retries`` times, then
+   reported; the other tiles go on. Progress (tiles, pixel/s, ETA) is logged on the
+   ``"xfusion.run"`` logger and shown as a bar on a terminal.
+
+Only the graphs of the tiles in flight exist at any time, whatever the AOI size.
+
+Tiles are computed independently: results that depend on a whole image (the global similarity
+threshold of STARFM's USDA rule, STTFN's per-run normalisation when it trains per tile) are
+computed over each tile plus its margin. The output is identical for any cluster layout and for
+interrupted-and-resumed runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time as _time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from xfusion.errors import (
+    EmptySearchError,
+    InvalidParameterError,
+    JobError,
+    XFusionError,
+)
+from xfusion.jobs.spec import Job, load_job
+
+__all__ = ["RunReport", "TileFailure", "plan", "run"]
+
+log = logging.getLogger("xfusion.run")
+
+PROVENANCE_ATTR = "xfusion:provenance"
+"""Group attribute of a run's store: method, parameters, weights hash, job, inputs, version."""
+
+JOB_ATTR = "xfusion:job_fingerprint"
+
+DONE, EMPTY = 1, 2
+"""Marker values: tile written; tile with nothing to compute (outside the AOI, no data)."""
+
+
+# --------------------------------------------------------------------------------------------
+# reports
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TileFailure:
+    """A tile that still failed after its retries."""
+
+    tile: tuple[int, int]
+    """Tile index along the ``(y, x)``-like dims."""
+    bounds: tuple[float, float, float, float]
+    """Tile footprint ``(left, bottom, right, top)`` in the output CRS."""
+    attempts: int
+    """How many times it was tried."""
+    error: str
+    """The last error (type and message)."""
+
+
+@dataclass
+class RunReport:
+    """What :func:`run` did (also printed by ``xfusion run``)."""
+
+    store: str
+    grid: tuple[int, int]
+    tile: int
+    tiles_total: int
+    tiles_skipped: int = 0
+    """Tiles already done by an earlier run (not recomputed)."""
+    tiles_written: int = 0
+    """Tiles computed and written by this run."""
+    tiles_empty: int = 0
+    """Tiles with nothing to compute in this run (no items, no usable pair, outside the AOI)."""
+    failed: list[TileFailure] = field(default_factory=list)
+    computed: list[tuple[int, int]] = field(default_factory=list)
+    """Tiles whose task ran in this run (written or empty), in completion order."""
+    pixels: int = 0
+    """Output pixels written by this run (tile area x predicted dates)."""
+    elapsed_s: float = 0.0
+    empty_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def tiles_done(self) -> int:
+        """Tiles marked done in the store after this run."""
+        return self.tiles_skipped + self.tiles_written + self.tiles_empty
+
+    @property
+    def ok(self) -> bool:
+        """True when every tile is done (none failed)."""
+        return not self.failed and self.tiles_done == self.tiles_total
+
+    @property
+    def pixels_per_s(self) -> float:
+        """Output pixels per second of this run."""
+        return self.pixels / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def __str__(self) -> str:
+        head = (
+            f"{self.tiles_done}/{self.tiles_total} tiles done in {self.store} (grid "
+            f"{self.grid[0]}x{self.grid[1]} of {self.tile} px): {self.tiles_written} written, "
+            f"{self.tiles_empty} empty, {self.tiles_skipped} skipped as already done, "
+            f"{len(self.failed)} failed; {self.pixels / 1e6:.2f} Mpx in {self.elapsed_s:.1f} s "
+            f"({self.pixels_per_s / 1e6:.2f} Mpx/s)"
+        )
+        lines = [head]
+        lines += [f"  empty ({n}): {r}" for r, n in sorted(self.empty_reasons.items())]
+        lines += [
+            f"  FAILED tile {f.tile} after {f.attempts} attempt(s): {f.error}" for f in self.failed
+        ]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# planning: grid, tiles, margin, variables
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """The output grid and its tiling (see :func:`plan`)."""
+
+    geobox: Any
+    """Output ``odc.geo.geobox.GeoBox``."""
+    dims: tuple[str, str]
+    """Spatial dimension names of the output."""
+    tile: int
+    grid: tuple[int, int]
+    margin: int
+    aoi: Any
+    """The AOI as an ``odc.geo.geom.Geometry`` (output CRS)."""
+    variables: tuple[str, ...]
+    """Output variable names."""
+
+    def tile_slices(self, iy: int, ix: int) -> tuple[slice, slice]:
+        """Pixel slices of a tile along the spatial dims."""
+        h, w = self.geobox.shape
+        t = self.tile
+        return slice(iy * t, min((iy + 1) * t, h)), slice(ix * t, min((ix + 1) * t, w))
+
+    def tile_geobox(self, iy: int, ix: int) -> Any:
+        """GeoBox of a tile (without margin)."""
+        ys, xs = self.tile_slices(iy, ix)
+        return self.geobox[ys, xs]
+
+    def load_geobox(self, iy: int, ix: int) -> Any:
+        """GeoBox read for a tile: the tile plus ``margin`` pixels on every side."""
+        g = self.tile_geobox(iy, ix)
+        return g.pad(self.margin) if self.margin else g
+
+    def tiles(self) -> list[tuple[int, int]]:
+        """Every tile index, row by row."""
+        return [(iy, ix) for iy in range(self.grid[0]) for ix in range(self.grid[1])]
+
+
+def _aoi(job: Job) -> Any:
+    from odc.geo.geom import Geometry, box
+
+    gj = job.geometry_mapping()
+    if gj is not None:
+        try:
+            geom = Geometry(gj, "EPSG:4326")
+        except Exception as err:
+            raise JobError(
+                f"Job field 'geometry' is not a valid GeoJSON geometry: {err}."
+            ) from None
+        if job.bbox is not None:
+            geom = geom & box(*job.bbox, job.bbox_crs).to_crs("EPSG:4326")
+        if geom.is_empty:
+            raise JobError("The job's AOI is empty (geometry and bbox do not intersect).")
+        return geom
+    try:
+        return box(*job.bbox, job.bbox_crs)
+    except Exception as err:
+        raise JobError(f"Job field 'bbox_crs' {job.bbox_crs!r} is not a CRS: {err}.") from None
+
+
+def _output_crs(job: Job, aoi: Any) -> Any:
+    from odc.geo.crs import CRS
+
+    if job.crs == "utm":
+        return CRS.utm(aoi.to_crs("EPSG:4326"))
+    try:
+        return CRS(job.crs)
+    except Exception as err:
+        raise JobError(
+            f"Job field 'crs': {job.crs!r} is not a CRS ({err}). Give e.g. 'EPSG:32633', "
+            "'EPSG:5070' or 'utm'."
+        ) from None
+
+
+def _margin(job: Job, resolution: float) -> int:
+    if job.margin != "auto":
+        return int(job.margin)
+    if job.method == "starfm":
+        from xfusion.methods.starfm import STARFM_PRESETS
+
+        preset = job.params.get("preset") or "usda"
+        if preset not in STARFM_PRESETS:
+            raise JobError(
+                f"Job params: STARFM preset {preset!r} is unknown; use one of "
+                f"{sorted(STARFM_PRESETS)}."
+            )
+        dist = job.params.get("max_search_distance") or STARFM_PRESETS[preset].max_search_distance
+        return math.ceil(float(dist) / resolution) + 1
+    if job.method == "sttfn":
+        if job.weights is not None:
+            from xfusion.training.checkpoint import read_metadata
+
+            return int(read_metadata(job.weights).get("halo", 0)) + 3
+        from xfusion.models.registry import build_model
+
+        arch = job.params.get("arch") or "xfusion-v1"
+        net = build_model(arch, 1, **dict(job.params.get("arch_params") or {}))
+        return int(getattr(net, "halo", 0)) + 3
+    return 0
+
+
+def _variables(job: Job) -> tuple[str, ...]:
+    from xfusion.cube.presets import get_preset, preset_for_collection
+    from xfusion.stac._pair import _pairs_of_bands
+
+    def preset(name: str) -> Any:
+        try:
+            return get_preset(name)
+        except XFusionError:
+            return preset_for_collection(name)
+
+    try:
+        pairs = _pairs_of_bands(job.bands, preset(job.fine), preset(job.coarse))
+    except InvalidParameterError as err:
+        raise JobError(f"Job field 'bands': {err}") from None
+    if len(pairs) == 1:
+        return ("fine",)
+    return tuple(f"fine_{f}" for f, _ in pairs)
+
+
+def plan(job: Job | Mapping[str, Any] | str | os.PathLike[str], /) -> Plan:
+    """Lay out a job: its output grid, tiles, margin and variables (no search, no I/O).
+
+    Parameters
+    ----------
+    job : Job, mapping or path
+        The job (a :class:`Job`, its YAML mapping, or a YAML file).
+
+    Returns
+    -------
+    Plan
+        ``geobox``, ``dims``, ``tile``, ``grid`` (tiles along y, x), ``margin`` (pixels read
+        around each tile), ``aoi`` and ``variables``.
+    """
+    from odc.geo import xy_
+    from odc.geo.geobox import GeoBox
+
+    job = _as_job(job)
+    aoi = _aoi(job)
+    crs = _output_crs(job, aoi)
+    try:
+        aoi_out = aoi.to_crs(crs)
+    except Exception as err:
+        raise JobError(f"The AOI cannot be projected to {crs}: {err}.") from None
+    anchor = xy_(0.5, 0.5) if job.anchor == "center" else xy_(0.0, 0.0)
+    gbox = GeoBox.from_bbox(aoi_out.boundingbox, crs, resolution=job.resolution, anchor=anchor)
+    h, w = gbox.shape
+    grid = (math.ceil(h / job.tile), math.ceil(w / job.tile))
+    dims = ("latitude", "longitude") if crs.geographic else ("y", "x")
+    return Plan(
+        geobox=gbox,
+        dims=dims,
+        tile=job.tile,
+        grid=grid,
+        margin=_margin(job, job.resolution),
+        aoi=aoi_out,
+        variables=_variables(job),
+    )
+
+
+def _as_job(job: Any) -> Job:
+    if isinstance(job, Job):
+        return job
+    if isinstance(job, str | os.PathLike):
+        return load_job(job)
+    if isinstance(job, Mapping):
+        return Job.from_dict(job)
+    raise JobError(
+        f"job must be an xfusion.Job, a mapping (the YAML form) or a YAML file path, found "
+        f"{type(job).__name__}."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# searching
+# --------------------------------------------------------------------------------------------
+def _lonlat_bbox(geom: Any) -> list[float]:
+    bb = geom.to_crs("EPSG:4326").boundingbox
+    return [float(bb.left), float(bb.bottom), float(bb.right), float(bb.top)]
+
+
+def _search(job: Job, role: str, bbox: Sequence[float]) -> list[Any]:
+    """Items of one role over ``bbox`` (lon/lat) in the job's period; [] when none."""
+    from xfusion.stac._pair import _items_and_preset
+
+    source = job.fine if role == "fine" else job.coarse
+    try:
+        items, _ = _items_and_preset(
+            source,
+            None,
+            role=role,
+            bbox=list(bbox),
+            time=list(job.time),
+            max_cloud=job.max_cloud if role == "fine" else None,
+            platform=job.fine_platform if role == "fine" else None,
+            url=job.url,
+            sign="auto",
+        )
+    except EmptySearchError:
+        return []
+    return items
+
+
+def _days(items: Sequence[Any]) -> list[str]:
+    from xfusion.stac._pair import _item_times
+
+    out = set()
+    for it in items:
+        start, _, _ = _item_times(it)
+        out.add(start.strftime("%Y-%m-%d"))
+    return sorted(out)
+
+
+def _target_times(job: Job, pl: Plan) -> np.ndarray:
+    if job.targets is not None:
+        days = list(job.targets)
+    else:
+        items = _search(job, "coarse", _lonlat_bbox(pl.aoi))
+        days = [d for d in _days(items) if job.time[0] <= d <= job.time[1]]
+        if not days:
+            raise JobError(
+                f"No {job.coarse!r} item over the AOI {_lonlat_bbox(pl.aoi)} in {job.time}: "
+                "nothing to predict. Widen `time`, check the collection, or give `targets`."
+            )
+    return np.array(days, dtype="datetime64[D]").astype("datetime64[ns]")
+
+
+def _intersects(item: Any, footprint_ll: Any) -> bool:
+    from odc.geo.geom import Geometry
+
+    geom = getattr(item, "geometry", None)
+    if not geom:
+        return True
+    try:
+        return bool(Geometry(geom, "EPSG:4326").intersects(footprint_ll))
+    except Exception:
+        return True
+
+
+# --------------------------------------------------------------------------------------------
+# the store
+# --------------------------------------------------------------------------------------------
+def _weights_sha256(path: str | None) -> str | None:
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise JobError(f"Job field 'weights': {path!r} does not exist; check the path.")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fingerprint(job: Job, weights_sha: str | None) -> dict[str, Any]:
+    """What must not change between a run and its resume (store and scheduling fields may)."""
+    d = job.to_dict()
+    for k in ("store", "batch_size", "retries", "max_in_flight", "name", "url", "weights"):
+        d.pop(k, None)
+    d["weights_sha256"] = weights_sha
+    return d
+
+
+def _template(pl: Plan, times: np.ndarray) -> Any:
+    import dask.array as da
+    import xarray as xr
+    from odc.geo.xr import xr_zeros
+
+    base = xr_zeros(pl.geobox, dtype="float32", chunks=(pl.tile, pl.tile))
+    coords = {"time": ("time", times)}
+    coords.update({d: base.coords[d] for d in pl.dims})
+    shape = (len(times), *pl.geobox.shape)
+    data = {
+        v: (
+            ("time", *pl.dims),
+            da.full(shape, np.nan, dtype="float32", chunks=(1, pl.tile, pl.tile)),
+            {"long_name": f"fused {v}"},
+        )
+        for v in pl.variables
+    }
+    ds = xr.Dataset(data, coords=coords)
+    return ds.odc.assign_crs(pl.geobox.crs)
+
+
+def _open_or_create(job: Job, pl: Plan, times: np.ndarray, overwrite: bool) -> tuple[Any, int]:
+    """Create the template store (or check and reopen it); return (zarr group, n preexisting)."""
+    from xfusion.io.zarr import (
+        LAYOUT_ATTR,
+        MARKER_NAME,
+        _create_markers,
+        _existing_group,
+        _layout,
+        _layout_diff,
+        _open_group,
+        to_zarr,
+    )
+
+    weights_sha = _weights_sha256(job.weights)
+    tmpl = _template(pl, times)
+    layout = json.loads(json.dumps(_layout(tmpl, pl.dims, list(pl.variables), (pl.tile, pl.tile))))
+    layout["job"] = _fingerprint(job, weights_sha)
+    existing = None if overwrite else _existing_group(job.store, None, None)
+    if existing is not None:
+        old = existing.attrs.get(LAYOUT_ATTR)
+        fix = "Pass overwrite=True (`xfusion run --overwrite`) to start afresh, or another store."
+        if old is None or MARKER_NAME not in existing:
+            raise JobError(
+                f"The output store {job.store!r} exists but was not written by xfusion.run(), so "
+                f"it cannot be resumed. {fix}"
+            )
+        old = json.loads(old) if isinstance(old, str) else old
+        diff = _layout_diff(old, layout)
+        if diff:
+            raise JobError(
+                f"The output store {job.store!r} was written by a different job or grid, so it "
+                f"cannot be resumed: {'; '.join(diff)}. {fix}"
+            )
+        return _open_group(job.store, None, "r+", None), 1
+    encoding: dict[str, Any] = {}
+    for v in pl.variables:
+        enc: dict[str, Any] = {"chunks": (1, job.chunk, job.chunk)}
+        if job.shards:
+            enc["shards"] = (1, job.tile, job.tile)
+        encoding[v] = enc
+    from xfusion import __version__
+
+    tmpl.attrs[PROVENANCE_ATTR] = json.dumps(
+        {
+            "method": job.method,
+            "params": job.to_dict()["params"],
+            "weights": None if job.weights is None else os.path.basename(job.weights),
+            "weights_sha256": weights_sha,
+            "fine": job.fine,
+            "coarse": job.coarse,
+            "bands": job.to_dict()["bands"],
+            "time": list(job.time),
+            "xfusion_version": __version__,
+            "created": _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime()),
+            "job": job.to_dict(),
+            "input_items": [],
+        }
+    )
+    to_zarr(
+        tmpl,
+        job.store,
+        mode="w" if overwrite else "w-",
+        encoding=encoding,
+        compression_level=job.compression_level,
+        compute=False,
+    )
+    zgroup = _open_group(job.store, None, "r+", None)
+    markers = _create_markers(zgroup, pl.dims, list(pl.grid), 3)
+    # tiles outside the AOI geometry: nothing to compute
+    if job.geometry is not None:
+        for iy, ix in pl.tiles():
+            if not pl.tile_geobox(iy, ix).extent.intersects(pl.aoi):
+                markers[iy, ix] = EMPTY
+    zgroup.attrs[LAYOUT_ATTR] = json.dumps(layout)
+    return zgroup, 0
+
+
+def _add_items(zgroup: Any, ids: set[str]) -> None:
+    prov = json.loads(zgroup.attrs.get(PROVENANCE_ATTR, "{}"))
+    known = set(prov.get("input_items", []))
+    if ids <= known:
+        return
+    prov["input_items"] = sorted(known | ids)
+    zgroup.attrs[PROVENANCE_ATTR] = json.dumps(prov)
+
+
+# --------------------------------------------------------------------------------------------
+# the tile task (runs on a worker)
+# --------------------------------------------------------------------------------------------
+def _role_names(ds: Any, prefix: str) -> list[str]:
+    return [str(n) for n in ds.data_vars if n == prefix or str(n).startswith(f"{prefix}_")]
+
+
+def _groups(
+    job: Job, times: np.ndarray, targets: np.ndarray, f_obs: np.ndarray
+) -> list[tuple[list[int], dict[str, Any]]]:
+    """Split the targets by the pair rule they can use: ``[(positions, extra kwargs)]``.
+
+    STTFN needs a pair on both sides. STARFM without ``pairs`` uses both pairs where a target
+    has them and else the one pair it has (before, or after); with ``pairs`` set, the targets
+    that rule can serve. The baselines' ``"nearest"`` takes before, else after.
+    """
+    pairs = times[f_obs]
+    side = {}
+    for i in targets:
+        t = times[i]
+        side[int(i)] = (bool(np.any(pairs < t)), bool(np.any(pairs > t)))
+    both = [i for i, (b, a) in side.items() if b and a]
+    only_b = [i for i, (b, a) in side.items() if b and not a]
+    only_a = [i for i, (b, a) in side.items() if a and not b]
+    if job.method == "sttfn":
+        return [(both, {})] if both else []
+    rule = job.params.get("pairs")
+    if job.method == "starfm" and rule is None:
+        groups = [
+            (both, {"pairs": "bracket"}),
+            (only_b, {"pairs": "before"}),
+            (only_a, {"pairs": "after"}),
+        ]
+        return [(g, kw) for g, kw in groups if g]
+    rule = "nearest" if rule is None else rule
+    if job.method == "starfm" and rule == "nearest":
+        rule = "before"  # STARFM's (USDA's) one-pair rule
+    if not isinstance(rule, str) or rule not in ("nearest", "before", "after", "bracket"):
+        return [([int(i) for i in targets], {})]  # explicit pair dates: the method checks them
+    ok = {
+        "nearest": both + only_b + only_a,
+        "before": both + only_b,
+        "after": both + only_a,
+        "bracket": both,
+    }[rule]
+    return [(sorted(ok), {})] if ok else []
+
+
+def _worker_threads(default: int) -> int:
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        return max(1, default)
+
+
+def run_tile(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """Load, fuse and write one tile (the task :func:`run` submits; runs on a worker).
+
+    Returns a small summary: ``status`` ("written", "empty" or "error"), ``reason`` (why
+    empty, or the error as ``"Type: message"``), ``pixels``, ``targets``, ``items`` (ids used)
+    and ``seconds``. Errors are returned, not raised, so that their messages reach the driver
+    intact (some exception classes do not survive pickling between processes).
+    """
+    t0 = _time.perf_counter()
+    try:
+        return _run_tile(payload)
+    except Exception as err:
+        return {
+            "status": "error",
+            "reason": f"{type(err).__name__}: {err}",
+            "pixels": 0,
+            "targets": 0,
+            "items": [],
+            "seconds": _time.perf_counter() - t0,
+        }
+
+
+def _run_tile(payload: Mapping[str, Any]) -> dict[str, Any]:
+    import dask
+    import pystac
+    import xarray as xr
+    from odc.geo.geobox import GeoBox
+
+    from xfusion.cli import METHODS
+    from xfusion.stac import load_pair
+
+    t0 = _time.perf_counter()
+    job = Job(**payload["job"])
+    fine_items = [pystac.Item.from_dict(d) for d in payload["fine_items"]]
+    coarse_items = [pystac.Item.from_dict(d) for d in payload["coarse_items"]]
+
+    def empty(reason: str) -> dict[str, Any]:
+        return {
+            "status": "empty",
+            "reason": reason,
+            "pixels": 0,
+            "targets": 0,
+            "items": [],
+            "seconds": _time.perf_counter() - t0,
+        }
+
+    if not fine_items or not coarse_items:
+        return empty(f"no {job.fine if not fine_items else job.coarse} item over the tile")
+    gbox = GeoBox(tuple(payload["shape"]), payload["affine"], payload["crs"])
+    margin = int(payload["margin"])
+    th, tw = payload["tile_shape"]
+    sdims = tuple(payload["dims"])
+    chunk = int(min(max(gbox.shape), 2048))
+    threads = _worker_threads(int(payload.get("threads", 1)))
+    with dask.config.set(scheduler="threads", num_workers=threads):
+        cube = load_pair(
+            fine=fine_items,
+            coarse=coarse_items,
+            geobox=gbox,
+            time=list(job.time),
+            bands=job.bands,
+            chunks={"time": 1, sdims[0]: chunk, sdims[1]: chunk},
+            mask=job.mask,
+            tolerance=job.tolerance,
+            fine_platform=job.fine_platform,
+            coarse_platform=job.coarse_platform,
+            sign="auto",
+            retries=1,
+            retry_delay=0.2,
+        )
+        fine, coarse = _role_names(cube, "fine"), _role_names(cube, "coarse")
+        times = cube["time"].values.astype("datetime64[D]").astype("datetime64[ns]")
+        cube = cube.assign_coords(time=times)
+        wanted = np.asarray(payload["times"], dtype="datetime64[ns]")
+        f_obs = np.ones(times.size, bool)
+        c_obs = np.ones(times.size, bool)
+        for n in fine:
+            f_obs &= np.asarray(cube[f"observed_{n}"].values, bool)
+        for n in coarse:
+            c_obs &= np.asarray(cube[f"observed_{n}"].values, bool)
+        crop = {sdims[0]: slice(margin, margin + th), sdims[1]: slice(margin, margin + tw)}
+        clear = [cube[n].isel(crop).notnull().mean(sdims).data for n in fine + coarse]
+        clear = np.stack(dask.compute(*clear)) if clear else np.ones((0, times.size))
+        if job.min_clear is not None and fine:
+            f_obs &= clear[: len(fine)].min(axis=0) >= float(job.min_clear)
+        if coarse:
+            c_obs &= clear[len(fine) :].min(axis=0) > 0.0
+        in_targets = np.flatnonzero(np.isin(times, wanted) & c_obs)
+        if in_targets.size == 0:
+            return empty("no clear coarse observation at a target date over the tile")
+        if not f_obs.any():
+            return empty(
+                "no fine date clear enough to serve as a pair over the tile (min_clear="
+                f"{job.min_clear})"
+            )
+        groups = _groups(job, times, in_targets, f_obs)
+        if not groups:
+            return empty("no target date has the fine pair(s) its method needs over the tile")
+        cube = cube.assign_coords({f"observed_{n}": ("time", f_obs) for n in fine})
+        kw = dict(job.params)
+        if job.weights is not None:
+            kw["weights"] = job.weights
+        if job.method == "sttfn":
+            kw.setdefault("progress", False)
+        func = METHODS[job.method].load()
+        parts = []
+        for tidx, extra in groups:
+            part = func(
+                cube,
+                fine=fine[0] if len(fine) == 1 else fine,
+                coarse=coarse[0] if len(coarse) == 1 else coarse,
+                targets=[str(np.datetime_as_string(times[i], unit="D")) for i in tidx],
+                **{**kw, **extra},
+            )
+            parts.append(part[fine].drop_vars([c for c in part.coords if c not in part.dims]))
+        out = parts[0] if len(parts) == 1 else xr.concat(parts, "time").sortby("time")
+        n_pred = int(out.sizes["time"])
+        names = list(payload["variables"])
+        out = out.rename(dict(zip(fine, names, strict=True)))
+        out = out.isel(crop)
+        out = out.reindex(time=wanted).astype("float32")
+        out = out.drop_vars(list(out.coords))
+        block = int(payload["write_block"])
+        out = out.chunk({"time": 1, sdims[0]: block, sdims[1]: block})
+        ys, xs = payload["region"]
+        region = {"time": slice(0, len(wanted)), sdims[0]: slice(*ys), sdims[1]: slice(*xs)}
+        out.to_zarr(payload["store"], mode="r+", region=region, consolidated=False, zarr_format=3)
+    used = sorted({it.id for it in fine_items} | {it.id for it in coarse_items})
+    return {
+        "status": "written",
+        "reason": "",
+        "pixels": int(th * tw * n_pred),
+        "targets": n_pred,
+        "items": used,
+        "seconds": _time.perf_counter() - t0,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# executors: a distributed Client, or local threads
+# --------------------------------------------------------------------------------------------
+class _LocalExecutor:
+    def __init__(self, max_in_flight: int) -> None:
+        self.pool = cf.ThreadPoolExecutor(
+            max_workers=max_in_flight, thread_name_prefix="xfusion-run"
+        )
+        self.threads = max(1, (os.cpu_count() or 1) // max_in_flight)
+
+    def submit(self, payload: dict[str, Any], key: str) -> Any:
+        return self.pool.submit(run_tile, payload)
+
+    def wait(self, futures: Sequence[Any], timeout: float) -> set[Any]:
+        done, _ = cf.wait(futures, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        return set(done)
+
+    @staticmethod
+    def outcome(fut: Any) -> tuple[Any, BaseException | None]:
+        err = fut.exception()
+        return (None, err) if err is not None else (fut.result(), None)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _ClientExecutor:
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.threads = 1
+
+    def submit(self, payload: dict[str, Any], key: str) -> Any:
+        return self.client.submit(run_tile, payload, key=key, pure=False)
+
+    def wait(self, futures: Sequence[Any], timeout: float) -> set[Any]:
+        from distributed import wait
+        from distributed.utils import TimeoutError as DTimeout
+
+        try:
+            with self.client.as_current():
+                done, _ = wait(list(futures), timeout=timeout, return_when="FIRST_COMPLETED")
+        except (TimeoutError, DTimeout):
+            return {f for f in futures if f.done()}
+        return set(done)
+
+    @staticmethod
+    def outcome(fut: Any) -> tuple[Any, BaseException | None]:
+        if fut.status == "error":
+            return None, fut.exception()
+        if fut.status == "cancelled":
+            return None, RuntimeError("the tile task was cancelled (a worker was lost?)")
+        try:
+            return fut.result(), None
+        except Exception as err:
+            return None, err
+
+    def close(self) -> None:
+        pass
+
+
+def _default_client() -> Any:
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# run
+# --------------------------------------------------------------------------------------------
+def _fmt_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def run(
+    job: Job | Mapping[str, Any] | str | os.PathLike[str],
+    /,
+    *,
+    client: Any = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    log_every: float = 30.0,
+) -> RunReport:
+    """Run a fusion job over an area of any size, tile by tile, into a resumable Zarr store.
+
+    Parameters
+    ----------
+    job : Job, mapping or path
+        The job: a :class:`xfusion.Job`, its YAML form as a mapping, or a YAML file (see
+        :mod:`xfusion.jobs.spec` for every field).
+    client : distributed.Client, optional
+        Where tiles run. Default: the current default client (e.g. one from
+        :func:`xfusion.cluster` or your own ``Client``) when there is one, else local threads
+        (one tile at a time, all cores).
+    overwrite : bool, default False
+        Delete an existing store and start afresh. Without it an existing store of the same
+        job is resumed: tiles already done are skipped.
+    progress : bool, optional
+        Show a tile progress bar (default: on a terminal).
+    log_every : float, default 30
+        Seconds between progress lines on the ``"xfusion.run"`` logger (tiles done, pixel/s,
+        ETA).
+
+    Returns
+    -------
+    RunReport
+        Tiles written, empty, skipped and failed (with their errors), pixels and pixel/s.
+        Failed tiles do not raise: check ``report.ok``; re-running the job retries them.
+
+    Raises
+    ------
+    JobError
+        A malformed job, an AOI without coarse data, or an existing store written by another
+        job.
+    StacApiError, SigningError
+        When the STAC API cannot be searched at all (before any tile runs).
+
+    Examples
+    --------
+    >>> with xfusion.cluster() as client:  # doctest: +SKIP
+    ...     report = xfusion.run("conus-2020-07-14.yaml")
+    >>> print(report)  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    from xfusion.io.zarr import MARKER_NAME
+
+    t0 = _time.perf_counter()
+    job = _as_job(job)
+    pl = plan(job)
+    times = _target_times(job, pl)
+    zgroup, _ = _open_or_create(job, pl, times, overwrite)
+    markers = zgroup[MARKER_NAME]
+    status = np.asarray(markers[...])
+    todo = [t for t in pl.tiles() if status[t] == 0]
+    report = RunReport(
+        store=job.store,
+        grid=pl.grid,
+        tile=pl.tile,
+        tiles_total=pl.grid[0] * pl.grid[1],
+        tiles_skipped=int((status > 0).sum()),
+    )
+    client = client if client is not None else _default_client()
+    if client is not None:
+        ex: Any = _ClientExecutor(client)
+        in_flight = job.max_in_flight or max(1, sum(client.nthreads().values()))
+    else:
+        in_flight = job.max_in_flight or 1
+        ex = _LocalExecutor(in_flight)
+    batch_size = job.batch_size or 2 * in_flight
+    log.info(
+        "xfusion.run %s: %s over %dx%d px in %dx%d tiles of %d px (%d to do, %d done), %d "
+        "date(s), %d tile(s) in flight",
+        job.name or job.store,
+        job.method,
+        *pl.geobox.shape,
+        *pl.grid,
+        pl.tile,
+        len(todo),
+        report.tiles_skipped,
+        len(times),
+        in_flight,
+    )
+    jobdict = job.to_dict()
+    jobdict["time"] = tuple(jobdict["time"])
+    times_s = [str(t) for t in times.astype("datetime64[D]")]
+    write_block = pl.tile if job.shards else job.chunk
+    pending = collections.deque(todo)
+    ready: collections.deque[tuple[tuple[int, int], dict[str, Any]]] = collections.deque()
+    attempts: collections.Counter[tuple[int, int]] = collections.Counter()
+    last_error: dict[tuple[int, int], str] = {}
+    running: dict[Any, tuple[int, int]] = {}
+    item_ids: set[str] = set()
+    bar = tqdm(
+        total=report.tiles_total,
+        initial=report.tiles_skipped,
+        unit="tile",
+        desc="xfusion.run",
+        disable=not (sys.stderr.isatty() if progress is None else progress),
+    )
+    last_log = _time.perf_counter()
+
+    def fail_or_retry(tile: tuple[int, int], err: BaseException | str) -> None:
+        attempts[tile] += 1
+        msg = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+        last_error[tile] = msg
+        if attempts[tile] <= job.retries:
+            log.warning(
+                "xfusion.run: tile %s failed (attempt %d of %d), retrying: %s",
+                tile,
+                attempts[tile],
+                job.retries + 1,
+                msg,
+            )
+            pending.appendleft(tile)  # re-searched and re-signed with the next batch
+        else:
+            bb = pl.tile_geobox(*tile).extent.boundingbox
+            report.failed.append(
+                TileFailure(
+                    tile=tile,
+                    bounds=(bb.left, bb.bottom, bb.right, bb.top),
+                    attempts=attempts[tile],
+                    error=msg,
+                )
+            )
+            log.error(
+                "xfusion.run: tile %s FAILED after %d attempt(s): %s", tile, attempts[tile], msg
+            )
+            bar.update(0)
+
+    def prepare_batch() -> None:
+        batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+        footprints = {t: pl.load_geobox(*t).extent.to_crs("EPSG:4326") for t in batch}
+        union = footprints[batch[0]]
+        for t in batch[1:]:
+            union = union | footprints[t]
+        bbox = _lonlat_bbox(union)
+        try:
+            found = {role: _search(job, role, bbox) for role in ("fine", "coarse")}
+        except XFusionError as err:
+            for t in batch:
+                fail_or_retry(t, err)
+            return
+        from xfusion.stac import sign_items
+
+        for t in batch:
+            fp = footprints[t]
+            sel = {r: [it for it in found[r] if _intersects(it, fp)] for r in found}
+            try:
+                signed = {r: sign_items(v) for r, v in sel.items()}
+            except XFusionError as err:
+                fail_or_retry(t, err)
+                continue
+            lg = pl.load_geobox(*t)
+            ys, xs = pl.tile_slices(*t)
+            ready.append(
+                (
+                    t,
+                    {
+                        "job": jobdict,
+                        "fine_items": [it.to_dict() for it in signed["fine"]],
+                        "coarse_items": [it.to_dict() for it in signed["coarse"]],
+                        "shape": tuple(int(s) for s in lg.shape),
+                        "affine": lg.affine,
+                        "crs": str(lg.crs.to_wkt()),
+                        "margin": pl.margin,
+                        "tile_shape": (ys.stop - ys.start, xs.stop - xs.start),
+                        "dims": pl.dims,
+                        "variables": list(pl.variables),
+                        "times": times_s,
+                        "region": ((ys.start, ys.stop), (xs.start, xs.stop)),
+                        "write_block": write_block,
+                        "store": job.store,
+                        "threads": getattr(ex, "threads", 1),
+                    },
+                )
+            )
+
+    token = hashlib.sha1(json.dumps(jobdict, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    try:
+        while pending or ready or running:
+            while len(running) < in_flight and (ready or pending):
+                if not ready:
+                    prepare_batch()
+                    continue
+                tile, payload = ready.popleft()
+                key = f"xfusion-run-{token}-tile-{tile[0]}-{tile[1]}-try{attempts[tile]}"
+                running[ex.submit(payload, key)] = tile
+            if not running:
+                continue
+            for fut in ex.wait(list(running), timeout=min(5.0, log_every)):
+                tile = running.pop(fut)
+                result, err = ex.outcome(fut)
+                if err is None and result["status"] == "error":
+                    err = result["reason"]
+                if err is not None:
+                    fail_or_retry(tile, err)
+                    continue
+                # data is in the store: now, and only now, the tile is done
+                markers[tile] = DONE if result["status"] == "written" else EMPTY
+                report.computed.append(tile)
+                if result["status"] == "written":
+                    report.tiles_written += 1
+                    report.pixels += int(result["pixels"])
+                    item_ids.update(result["items"])
+                else:
+                    report.tiles_empty += 1
+                    reason = result["reason"]
+                    report.empty_reasons[reason] = report.empty_reasons.get(reason, 0) + 1
+                bar.update(1)
+            now = _time.perf_counter()
+            if now - last_log >= log_every:
+                last_log = now
+                _log_progress(report, now - t0, len(pending) + len(ready) + len(running))
+                if item_ids:
+                    _add_items(zgroup, item_ids)
+    finally:
+        bar.close()
+        ex.close()
+        if item_ids:
+            _add_items(zgroup, item_ids)
+    report.elapsed_s = _time.perf_counter() - t0
+    _log_progress(report, report.elapsed_s, 0)
+    return report
+
+
+def _log_progress(report: RunReport, elapsed: float, left: int) -> None:
+    done = report.tiles_written + report.tiles_empty
+    rate = done / elapsed if elapsed > 0 else 0.0
+    eta = left / rate if rate > 0 else float("inf")
+    log.info(
+        "xfusion.run: %d/%d tiles done (%d failed), %.2f Mpx/s, ETA %s",
+        report.tiles_done,
+        report.tiles_total,
+        len(report.failed),
+        report.pixels / elapsed / 1e6 if elapsed > 0 else 0.0,
+        _fmt_eta(eta if left else 0.0),
+    )
