@@ -24,6 +24,12 @@ from xfusion.errors import ClusterError, InvalidParameterError, JobError
 from xfusion.testing import Fault, serve_stac_api, synthetic_scene, write_stac_catalog
 
 HERE = Path(__file__).resolve().parent
+try:
+    import torch  # noqa: F401
+
+    _has_torch = True
+except ImportError:
+    _has_torch = False
 SIZE, TILE, FACTOR = 192, 64, 16
 
 
@@ -114,6 +120,15 @@ def test_job_from_yaml_sections_and_relative_paths(tmp_path):
     assert (cover == 1).all()
 
 
+def test_example_job_file_plans_offline():
+    job = xfusion.load_job(HERE.parent / "examples" / "tahoe_starfm_job.yaml")
+    pl = xfusion.jobs.plan(job)  # no search: the grid and the tiling only
+    assert job.store == str(HERE.parent / "examples" / "tahoe_starfm.zarr")
+    assert pl.geobox.crs.epsg == 32610 and pl.geobox.resolution.x == 30
+    assert pl.grid == tuple(-(-n // 2048) for n in pl.geobox.shape)
+    assert job.shards and job.chunk == 512
+
+
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
@@ -170,9 +185,10 @@ def test_tiled_run_equals_whole_aoi_for_a_local_method(aoi, tmp_path):
 
 def test_cluster_run_equals_single_process_and_store_is_geo(aoi, client, tmp_path):
     server, scene = aoi
-    single = _job(server, scene, tmp_path / "single.zarr")
+    params = {"preset": "lst", "max_search_distance": 600.0}  # a 41 px window: 21 px margin
+    single = _job(server, scene, tmp_path / "single.zarr", params=params)
     r1 = xfusion.run(single, client=None)  # local threads, one tile at a time
-    sharded = _job(server, scene, tmp_path / "cluster.zarr", shards=True, chunk=32)
+    sharded = _job(server, scene, tmp_path / "cluster.zarr", shards=True, chunk=32, params=params)
     r2 = xfusion.run(sharded, client=client)
     assert r1.ok and r2.ok, (str(r1), str(r2))
     assert r2.tiles_written == 9 and r2.pixels > 0
@@ -191,7 +207,7 @@ def test_cluster_run_equals_single_process_and_store_is_geo(aoi, client, tmp_pat
     assert ds.odc.geobox == scene.odc.geobox
     assert ds.attrs["proj:code"] == "EPSG:32633"
     prov = json.loads(ds.attrs["xfusion:provenance"])
-    assert prov["method"] == "starfm" and prov["params"] == {"preset": "lst"}
+    assert prov["method"] == "starfm" and prov["params"] == params
     assert prov["xfusion_version"] == xfusion.__version__
     assert any(i.startswith("LC08_L2SP_000001_") for i in prov["input_items"])
     assert any(i.startswith("MOD11A1") for i in prov["input_items"])
@@ -284,6 +300,58 @@ def test_failing_tiles_are_retried_then_reported(aoi, tmp_path):
     finally:
         client.close()
     assert again.ok and sorted(again.computed) == failed
+
+
+def test_geojson_aoi_skips_tiles_outside(aoi, tmp_path):
+    server, scene = aoi
+    gb = scene.odc.geobox
+    # a triangle over the north-west corner: only the tiles it touches are computed
+    x0, y0 = gb.affine @ (0, 0)
+    x1, y1 = gb.affine @ (100, 100)
+    tri = {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x0, y1], [x0, y0]]]}
+    from odc.geo.geom import Geometry
+
+    geom = Geometry(tri, "EPSG:32633").to_crs("EPSG:4326").json
+    (tmp_path / "aoi.geojson").write_text(json.dumps({"type": "Feature", "geometry": geom}))
+    job = _job(server, scene, tmp_path / "g.zarr", method="baseline", params={}, bbox=None,
+               geometry=str(tmp_path / "aoi.geojson"))  # fmt: skip
+    pl = xfusion.jobs.plan(job)
+    report = xfusion.run(job)
+    assert report.ok, str(report)
+    assert sorted(report.computed) == sorted(set(pl.tiles()) - pl.outside())
+    assert report.tiles_outside == len(pl.outside()) > 0
+    assert (0, 0) in report.computed and (pl.grid[0] - 1, pl.grid[1] - 1) in pl.outside()
+
+
+@pytest.mark.skipif(not _has_torch, reason="needs torch")
+def test_sttfn_with_weights_equals_whole_aoi_inference(aoi, tmp_path):
+    """General-regime STTFN is local (receptive field < margin): tiles equal one whole pass."""
+    server, scene = aoi
+    weights = tmp_path / "sttfn.safetensors"
+    train, _ = synthetic_scene((96, 96), times=3, fine_times=[0, 1, 2], coarse_factor=FACTOR,
+                               seed=7, cloud_fraction=0.0, coarse_native=True)  # fmt: skip
+    xfusion.train_sttfn(train, fine="fine", coarse="coarse", out=weights, epochs=1, patches=8,
+                        patch_size=24, batch_size=4, arch_params={"sr_width": 4, "feat": 4,
+                        "width": 4})  # fmt: skip
+    job = _job(server, scene, tmp_path / "s.zarr", method="sttfn", params={},
+               weights=str(weights), min_clear=None)  # fmt: skip
+    report = xfusion.run(job)
+    assert report.ok and report.tiles_written == 9, str(report)
+    cube = xfusion.load_pair(
+        fine="landsat-c2-l2", coarse="modis-11A1-061", time=job.time, geobox=scene.odc.geobox,
+        url=server.stac_url, chunks={"time": 1, "y": SIZE, "x": SIZE},
+    )  # fmt: skip
+    days = cube.time.values.astype("datetime64[D]").astype("datetime64[ns]")
+    cube = cube.assign_coords(time=days)
+    targets = list(days[1:4])  # between the two Landsat dates
+    ref = xfusion.sttfn(cube, fine="fine", coarse="coarse", targets=targets, weights=weights)
+    got = _values(job.store)[1:4]
+    assert np.isfinite(got).mean() > 0.5
+    # away from the AOI's outer edge (where a tile reads NaN beyond the data and the whole
+    # pass zero-pads the image), the tiles equal the whole pass
+    r = xfusion.jobs.plan(job).margin
+    inner = (slice(None), slice(r, -r), slice(r, -r))
+    np.testing.assert_allclose(got[inner], ref["fine"].values[inner], rtol=0, atol=2e-3)
 
 
 def test_cli_run_resumes_and_reports(aoi, tmp_path, capsys):

@@ -95,7 +95,9 @@ class RunReport:
     tiles_written: int = 0
     """Tiles computed and written by this run."""
     tiles_empty: int = 0
-    """Tiles with nothing to compute in this run (no items, no usable pair, outside the AOI)."""
+    """Tiles with nothing to compute in this run (no items, no usable pair)."""
+    tiles_outside: int = 0
+    """Tiles of the grid outside the AOI geometry (never computed)."""
     failed: list[TileFailure] = field(default_factory=list)
     computed: list[tuple[int, int]] = field(default_factory=list)
     """Tiles whose task ran in this run (written or empty), in completion order."""
@@ -107,7 +109,7 @@ class RunReport:
     @property
     def tiles_done(self) -> int:
         """Tiles marked done in the store after this run."""
-        return self.tiles_skipped + self.tiles_written + self.tiles_empty
+        return self.tiles_skipped + self.tiles_written + self.tiles_empty + self.tiles_outside
 
     @property
     def ok(self) -> bool:
@@ -123,7 +125,8 @@ class RunReport:
         head = (
             f"{self.tiles_done}/{self.tiles_total} tiles done in {self.store} (grid "
             f"{self.grid[0]}x{self.grid[1]} of {self.tile} px): {self.tiles_written} written, "
-            f"{self.tiles_empty} empty, {self.tiles_skipped} skipped as already done, "
+            f"{self.tiles_empty} empty, {self.tiles_outside} outside the AOI, "
+            f"{self.tiles_skipped} skipped as already done, "
             f"{len(self.failed)} failed; {self.pixels / 1e6:.2f} Mpx in {self.elapsed_s:.1f} s "
             f"({self.pixels_per_s / 1e6:.2f} Mpx/s)"
         )
@@ -173,6 +176,10 @@ class Plan:
     def tiles(self) -> list[tuple[int, int]]:
         """Every tile index, row by row."""
         return [(iy, ix) for iy in range(self.grid[0]) for ix in range(self.grid[1])]
+
+    def outside(self) -> set[tuple[int, int]]:
+        """Tiles that do not intersect the AOI (a GeoJSON AOI need not fill its bounding box)."""
+        return {t for t in self.tiles() if not self.tile_geobox(*t).extent.intersects(self.aoi)}
 
 
 def _aoi(job: Job) -> Any:
@@ -490,10 +497,8 @@ def _open_or_create(job: Job, pl: Plan, times: np.ndarray, overwrite: bool) -> t
     zgroup = _open_group(job.store, None, "r+", None)
     markers = _create_markers(zgroup, pl.dims, list(pl.grid), 3)
     # tiles outside the AOI geometry: nothing to compute
-    if job.geometry is not None:
-        for iy, ix in pl.tiles():
-            if not pl.tile_geobox(iy, ix).extent.intersects(pl.aoi):
-                markers[iy, ix] = EMPTY
+    for iy, ix in pl.outside():
+        markers[iy, ix] = EMPTY
     zgroup.attrs[LAYOUT_ATTR] = json.dumps(layout)
     return zgroup, 0
 
@@ -644,6 +649,13 @@ def _run_tile(payload: Mapping[str, Any]) -> dict[str, Any]:
             f_obs &= np.asarray(cube[f"observed_{n}"].values, bool)
         for n in coarse:
             c_obs &= np.asarray(cube[f"observed_{n}"].values, bool)
+        # read the dates that can matter (fine pairs, coarse targets) once, into memory: one
+        # tile plus margin, so the memory per task does not grow with the AOI
+        keep = np.flatnonzero(f_obs | (np.isin(times, wanted) & c_obs))
+        if keep.size == 0:
+            return empty("no fine pair and no coarse target date over the tile")
+        cube = cube.isel(time=keep).persist()
+        times, f_obs, c_obs = times[keep], f_obs[keep], c_obs[keep]
         crop = {sdims[0]: slice(margin, margin + th), sdims[1]: slice(margin, margin + tw)}
         clear = [cube[n].isel(crop).notnull().mean(sdims).data for n in fine + coarse]
         clear = np.stack(dask.compute(*clear)) if clear else np.ones((0, times.size))
@@ -844,12 +856,14 @@ def run(
     markers = zgroup[MARKER_NAME]
     status = np.asarray(markers[...])
     todo = [t for t in pl.tiles() if status[t] == 0]
+    outside = pl.outside()
     report = RunReport(
         store=job.store,
         grid=pl.grid,
         tile=pl.tile,
         tiles_total=pl.grid[0] * pl.grid[1],
-        tiles_skipped=int((status > 0).sum()),
+        tiles_skipped=int((status > 0).sum()) - len(outside),
+        tiles_outside=len(outside),
     )
     client = client if client is not None else _default_client()
     if client is not None:
