@@ -168,7 +168,7 @@ def test_tiled_run_equals_whole_aoi_for_a_local_method(aoi, tmp_path):
     """fine-plus-change is pixel-local: tiles (with bilinear MODIS) equal one whole-AOI load."""
     server, scene = aoi
     job = _job(server, scene, tmp_path / "b.zarr", method="baseline", params={}, min_clear=None)
-    report = xfusion.run(job)
+    report = xfusion.run(job, client=False)
     assert report.ok and report.tiles_written == 9, str(report)
     cube = xfusion.load_pair(
         fine="landsat-c2-l2", coarse="modis-11A1-061", time=job.time, geobox=scene.odc.geobox, url=server.stac_url,
@@ -187,7 +187,7 @@ def test_cluster_run_equals_single_process_and_store_is_geo(aoi, client, tmp_pat
     server, scene = aoi
     params = {"preset": "lst", "max_search_distance": 600.0}  # a 41 px window: 21 px margin
     single = _job(server, scene, tmp_path / "single.zarr", params=params)
-    r1 = xfusion.run(single, client=None)  # local threads, one tile at a time
+    r1 = xfusion.run(single, client=False)  # this process, local threads, one tile at a time
     sharded = _job(server, scene, tmp_path / "cluster.zarr", shards=True, chunk=32, params=params)
     r2 = xfusion.run(sharded, client=client)
     assert r1.ok and r2.ok, (str(r1), str(r2))
@@ -214,8 +214,8 @@ def test_cluster_run_equals_single_process_and_store_is_geo(aoi, client, tmp_pat
     arr = zarr.open_group(sharded.store)["fine"]
     assert arr.shards == (1, TILE, TILE) and arr.chunks == (1, 32, 32)
 
-    # resuming a finished store recomputes nothing
-    r3 = xfusion.run(sharded, client=client)
+    # resuming a finished store recomputes nothing (the default client is used implicitly)
+    r3 = xfusion.run(sharded)
     assert r3.tiles_skipped == 9 and r3.computed == [] and r3.ok
 
 
@@ -335,7 +335,7 @@ def test_sttfn_with_weights_equals_whole_aoi_inference(aoi, tmp_path):
                         "width": 4})  # fmt: skip
     job = _job(server, scene, tmp_path / "s.zarr", method="sttfn", params={},
                weights=str(weights), min_clear=None)  # fmt: skip
-    report = xfusion.run(job)
+    report = xfusion.run(job, client=False)
     assert report.ok and report.tiles_written == 9, str(report)
     cube = xfusion.load_pair(
         fine="landsat-c2-l2", coarse="modis-11A1-061", time=job.time, geobox=scene.odc.geobox,

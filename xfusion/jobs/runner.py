@@ -811,10 +811,11 @@ def run(
     job : Job, mapping or path
         The job: a :class:`xfusion.Job`, its YAML form as a mapping, or a YAML file (see
         :mod:`xfusion.jobs.spec` for every field).
-    client : distributed.Client, optional
+    client : distributed.Client or False, optional
         Where tiles run. Default: the current default client (e.g. one from
         :func:`xfusion.cluster` or your own ``Client``) when there is one, else local threads
-        (one tile at a time, all cores).
+        (one tile at a time, all cores). ``False``: local threads in this process even when a
+        default client exists.
     overwrite : bool, default False
         Delete an existing store and start afresh. Without it an existing store of the same
         job is resumed: tiles already done are skipped.
@@ -865,7 +866,10 @@ def run(
         tiles_skipped=int((status > 0).sum()) - len(outside),
         tiles_outside=len(outside),
     )
-    client = client if client is not None else _default_client()
+    if client is None:
+        client = _default_client()
+    elif client is False:
+        client = None
     if client is not None:
         ex: Any = _ClientExecutor(client)
         in_flight = job.max_in_flight or max(1, sum(client.nthreads().values()))
