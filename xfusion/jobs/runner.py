@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import dataclasses
 import hashlib
 import json
 import logging
@@ -38,6 +39,7 @@ import math
 import os
 import sys
 import time as _time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -560,6 +562,26 @@ def _groups(
     return [(sorted(ok), {})] if ok else []
 
 
+def _split(n: int, margin: int, threads: int) -> tuple[int, ...]:
+    """Chunks along one dim of a tile plus margins: ``(margin, interior parts..., margin)``."""
+    parts = max(1, min(math.ceil(math.sqrt(threads)), n // 256))
+    base, extra = divmod(n, parts)
+    inner = tuple(base + (1 if i < extra else 0) for i in range(parts))
+    return ((margin,) if margin else ()) + inner + ((margin,) if margin else ())
+
+
+def _limit_torch_threads(threads: int) -> None:
+    """On a Dask worker, keep torch's intra-op threads to the worker's share of the CPUs."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        try:
+            import torch
+        except ImportError:
+            return
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def _worker_threads(default: int) -> int:
     try:
         from distributed import get_worker
@@ -623,7 +645,11 @@ def _run_tile(payload: Mapping[str, Any]) -> dict[str, Any]:
     sdims = tuple(payload["dims"])
     chunk = int(min(max(gbox.shape), 2048))
     threads = _worker_threads(int(payload.get("threads", 1)))
-    with dask.config.set(scheduler="threads", num_workers=threads):
+    if payload.get("on_worker"):
+        _limit_torch_threads(threads)
+    with dask.config.set(
+        {"scheduler": "threads", "num_workers": threads, "xfusion.kernel-threads": threads}
+    ):
         cube = load_pair(
             fine=fine_items,
             coarse=coarse_items,
@@ -655,6 +681,16 @@ def _run_tile(payload: Mapping[str, Any]) -> dict[str, Any]:
         if keep.size == 0:
             return empty("no fine pair and no coarse target date over the tile")
         cube = cube.isel(time=keep).persist()
+        # margin | interior | margin chunks: the method reads the margin as its halo, and the
+        # crop below culls the margin's own predictions; the interior is split so that the
+        # task's threads share it
+        if payload.get("margin_chunks", True):
+            cube = cube.chunk(
+                {
+                    sdims[0]: _split(th, margin, threads),
+                    sdims[1]: _split(tw, margin, threads),
+                }
+            )
         times, f_obs, c_obs = times[keep], f_obs[keep], c_obs[keep]
         crop = {sdims[0]: slice(margin, margin + th), sdims[1]: slice(margin, margin + tw)}
         clear = [cube[n].isel(crop).notnull().mean(sdims).data for n in fine + coarse]
@@ -892,6 +928,7 @@ def run(
     )
     jobdict = job.to_dict()
     jobdict["time"] = tuple(jobdict["time"])
+    auto_margin = _margin(dataclasses.replace(job, margin="auto"), job.resolution)
     times_s = [str(t) for t in times.astype("datetime64[D]")]
     write_block = pl.tile if job.shards else job.chunk
     pending = collections.deque(todo)
@@ -981,11 +1018,16 @@ def run(
                         "write_block": write_block,
                         "store": job.store,
                         "threads": getattr(ex, "threads", 1),
+                        "on_worker": isinstance(ex, _ClientExecutor),
+                        # a margin thinner than the method's window cannot be a chunk of its own
+                        "margin_chunks": pl.margin >= auto_margin,
                     },
                 )
             )
 
-    token = hashlib.sha1(json.dumps(jobdict, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    # a fresh token per call: a Dask scheduler must never answer a tile from an earlier run's
+    # result held under the same key (the store may have been overwritten since)
+    token = uuid.uuid4().hex[:12]
     try:
         while pending or ready or running:
             while len(running) < in_flight and (ready or pending):

@@ -644,12 +644,20 @@ def _output_dtype(ds: xr.Dataset, name: str, work: xr.DataArray, fill: float | N
 
 
 def _worker_threads(ntasks: int) -> int:
-    """Kernel threads per dask task: 1 when the tasks alone fill the CPUs."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, cpus // max(ntasks, 1))
+    """Kernel threads per dask task: 1 when the tasks alone fill the CPUs.
+
+    The CPU budget is the dask config value ``"xfusion.kernel-threads"`` when set (e.g. by
+    :func:`xfusion.run` on a worker that owns one core), else the CPUs of this process.
+    """
+    import dask
+
+    cpus = dask.config.get("xfusion.kernel-threads", None)
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            cpus = os.cpu_count() or 1
+    return max(1, int(cpus) // max(ntasks, 1))
 
 
 # --------------------------------------------------------------------------------------------
