@@ -29,6 +29,7 @@ BENCHMARKS = {
     "sttfn": ("bench_sttfn", {}, {"quick": True}),
     "super_resolve": ("bench_super_resolve", {}, {"quick": True}),
     "gapfill": ("bench_gapfill", {}, {"quick": True}),
+    "run": ("bench_run", {}, {"quick": True}),
 }
 
 
