@@ -8,7 +8,8 @@ Measured side by side in one run on this machine:
   on the same tiles (same halo, torch only) and combining them with the same numpy STC:
   pixels/s of each and the ratio (goal <= 1.15). On CUDA (if present) also with bf16.
 * **Training** time per epoch of one net with the default options (128 patches of 48 px,
-  batch 16) for the full-size net and for the half-width net the demo uses.
+  batch 16) for the full-size net and for the half-width net the demo uses, and for
+  ``"xfusion-v2"`` with its benchmark options (32 patches of 128 px).
 * **Accuracy on synthetic LST** (``xfusion.testing.synthetic_scene``, several seeds, known
   truth; pairs at the first, middle and last of 8 dates, the 5 dates between predicted): RMSE
   and SSIM of STTFN (per-triplet, the paper's regime; and general: nets trained once on
@@ -19,7 +20,11 @@ Measured side by side in one run on this machine:
   MODIS x 1e4; six bands): RMSE/SSIM per band and mean of STTFN, STARFM (both pairs) and the
   naive baselines.
 
-Usage: ``python benchmarks/bench_sttfn.py [--quick]``; ``run(quick)`` returns the rows for
+``"xfusion-v2"`` (coarse-context branch, smoothed coarse change with a per-pixel gain) is
+measured next to ``"xfusion-v1"`` in every part (rows ``sttfn-v2 ...``).
+
+Usage: ``python benchmarks/bench_sttfn.py [--quick] [--parts synthetic --seeds 3,4,5
+--size 256 --no-general]``; ``run(quick)`` returns the rows for
 ``benchmarks/run.py``.
 """
 
@@ -44,7 +49,11 @@ HALF = {"sr_width": 32, "feat": 16, "width": 32}
 """The half-width net (104,209 parameters) used on CPU for the accuracy runs and the demo."""
 
 PER_TRIPLET = {"epochs": 20, "patches": 128, "patch_size": 48, "arch_params": HALF}
-"""Per-triplet options of the synthetic accuracy runs."""
+"""Per-triplet options of the synthetic accuracy runs ("xfusion-v1")."""
+
+PER_TRIPLET_V2 = {"arch": "xfusion-v2", "epochs": 20, "patches": 32, "patch_size": 128}
+"""Per-triplet options for "xfusion-v2" (its default widths, 109,426 parameters; patches
+larger than its 95 px receptive radius, the same number of pixels per epoch as above)."""
 
 GENERAL = {"epochs": 10, "patches": 256, "patch_size": 48, "max_gap_days": 64,
            "arch_params": HALF}
@@ -97,7 +106,8 @@ def _direct(nets, l1, m1, m2, l3, m3, *, tile: int, halo: int) -> np.ndarray:
     return stc_weighting(p[0], p[1], m2)
 
 
-def inference(size: int = 1024, chunk: int = 512, repeats: int = 2) -> dict[str, Any]:
+def inference(size: int = 1024, chunk: int = 512, repeats: int = 2,
+              arch: str = "xfusion-v1") -> dict[str, Any]:
     """Public-API inference vs the two nets called directly on the same tiles (CPU)."""
     import dask
     import torch
@@ -107,9 +117,9 @@ def inference(size: int = 1024, chunk: int = 512, repeats: int = 2) -> dict[str,
     from xfusion.models import build_model
 
     torch.manual_seed(0)
-    nets = [build_model("xfusion-v1", 1, init="default", mean=[295.0], std=[6.0]).eval()
+    nets = [build_model(arch, 1, init="default", mean=[295.0], std=[6.0]).eval()
             for _ in range(2)]  # fmt: skip
-    meta = {"method": "sttfn", "arch": "xfusion-v1", "arch_params": {}, "nbands": 1,
+    meta = {"method": "sttfn", "arch": arch, "arch_params": {}, "nbands": 1,
             "bands": ["fine"], "coarse_bands": ["coarse"], "units": ["K"],
             "halo": nets[0].halo}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,7 +144,8 @@ def inference(size: int = 1024, chunk: int = 512, repeats: int = 2) -> dict[str,
         t_engine = _best(engine, repeats)
     px = size * size
     return {
-        "benchmark": "sttfn_inference_cpu", "size": size, "chunk": chunk, "tile": chunk,
+        "benchmark": "sttfn_inference_cpu", "arch": arch, "halo": nets[0].halo,
+        "size": size, "chunk": chunk, "tile": chunk,
         "params_per_net": sum(p.numel() for p in nets[0].parameters()),
         "torch_threads": torch.get_num_threads(),
         "engine_s": t_engine, "direct_s": t_direct,
@@ -153,13 +164,18 @@ def training(epochs: int = 2) -> list[dict[str, Any]]:
 
     ds = _scene(256, 0).drop_vars("truth")
     rows = []
-    for label, params in (("full (405,025 params)", {}), ("half width (104,209 params)", HALF)):
+    for label, opts in (
+        ("v1 full (405,025 params)", {}),
+        ("v1 half width (104,209 params)", {"arch_params": HALF}),
+        ("v2 (109,426 params)", {k: v for k, v in PER_TRIPLET_V2.items() if k != "epochs"}),
+    ):
         out = xfusion.sttfn(ds, fine="fine", coarse="coarse", epochs=epochs, patience=None,
-                            arch_params=params, device="cpu")
+                            device="cpu", **opts)
         trip = json.loads(out.attrs["xfusion_sttfn"])["triplets"][0]
         per_epoch = [m["seconds"] / max(m["epochs_run"], 1) for m in trip["metrics"].values()]
-        rows.append({"benchmark": "sttfn_training_cpu", "net": label, "patches": 128,
-                     "patch_size": 48, "batch_size": 16,
+        rows.append({"benchmark": "sttfn_training_cpu", "net": label,
+                     "patches": opts.get("patches", 128),
+                     "patch_size": opts.get("patch_size", 48), "batch_size": 16,
                      "seconds_per_epoch": float(np.mean(per_epoch))})  # fmt: skip
     return rows
 
@@ -216,6 +232,13 @@ def synthetic_accuracy(seeds=(0, 1, 2), size: int = 256, general: bool = True,
         preds["sttfn untrained"] = xfusion.sttfn(s, epochs=0, diagnostics=True,
                                                  arch_params={"sr_width": 4, "feat": 4,
                                                               "width": 4}, **kw).compute()
+        t0 = time.perf_counter()
+        preds["sttfn-v2 per-triplet"] = xfusion.sttfn(s, seed=seed, device="cpu",
+                                                      diagnostics=True, **PER_TRIPLET_V2,
+                                                      **kw).compute()
+        t_v2 = time.perf_counter() - t0
+        preds["sttfn-v2 untrained"] = xfusion.sttfn(s, arch="xfusion-v2", epochs=0,
+                                                    diagnostics=True, **kw).compute()
         if weights is not None:
             preds["sttfn general"] = xfusion.sttfn(s, weights=weights, device="cpu",
                                                    diagnostics=True, **kw).compute()
@@ -237,7 +260,7 @@ def synthetic_accuracy(seeds=(0, 1, 2), size: int = 256, general: bool = True,
             if f"rmse_{name}" in row:
                 row[f"ratio_{name}_over_starfm"] = row[f"rmse_{name}"] / row["rmse_starfm"]
         row.update(seconds_starfm=t_starfm, seconds_sttfn_per_triplet=t_sttfn,
-                   seconds_general_training=t_general)
+                   seconds_sttfn_v2_per_triplet=t_v2, seconds_general_training=t_general)
         rows.append(row)
     tmp.cleanup()
     summary = {"benchmark": "sttfn_accuracy_synthetic_lst", "seed": "mean", "size": size}
@@ -281,6 +304,9 @@ def kranj_accuracy(data: Path = KRANJ, epochs: int = 20) -> list[dict[str, Any]]
                                arch_params=HALF, seed=0, device="cpu", **kw),
     }  # fmt: skip
     t_sttfn = time.perf_counter() - t0
+    preds["sttfn-v2"] = xfusion.sttfn(ds, arch="xfusion-v2", epochs=epochs, patches=16,
+                                      patch_size=96, batch_size=8, seed=0, device="cpu", **kw)
+    preds["sttfn-v2 untrained"] = xfusion.sttfn(ds, arch="xfusion-v2", epochs=0, **kw)
     preds["starfm (both pairs)"] = xfusion.starfm(ds, pairs="bracket", preset="usda",
                                                   max_search_distance=600, **kw)
     preds["fine-plus-change (068)"] = xfusion.baseline(ds, pairs="before", **kw)
@@ -314,15 +340,27 @@ def kranj_accuracy(data: Path = KRANJ, epochs: int = 20) -> list[dict[str, Any]]
 # --------------------------------------------------------------------------------------------
 
 
-def run(quick: bool = False) -> list[dict[str, Any]]:
+PARTS = ("inference", "training", "synthetic", "kranj")
+
+
+def run(quick: bool = False, parts: tuple[str, ...] = PARTS, seeds: tuple[int, ...] | None = None,
+        size: int | None = None, general: bool | None = None) -> list[dict[str, Any]]:
     """All STTFN benchmarks (``quick``: smaller sizes, one seed, no general regime)."""
     rows: list[dict[str, Any]] = []
-    rows.append(inference(size=512 if quick else 1024, chunk=256 if quick else 512,
-                          repeats=1 if quick else 2))
-    rows += training(epochs=1 if quick else 2)
-    rows += synthetic_accuracy(seeds=(0,) if quick else (0, 1, 2), size=128 if quick else 256,
-                               general=not quick)
-    rows += kranj_accuracy(epochs=5 if quick else 20)
+    if "inference" in parts:
+        rows += [inference(size=512 if quick else 1024, chunk=256 if quick else 512,
+                           repeats=1 if quick else 2, arch=arch)
+                 for arch in ("xfusion-v1", "xfusion-v2")]
+    if "training" in parts:
+        rows += training(epochs=1 if quick else 2)
+    if "synthetic" in parts:
+        rows += synthetic_accuracy(
+            seeds=seeds or ((0,) if quick else (0, 1, 2)),
+            size=size or (128 if quick else 256),
+            general=(not quick) if general is None else general,
+        )  # fmt: skip
+    if "kranj" in parts:
+        rows += kranj_accuracy(epochs=5 if quick else 20)
     return rows
 
 
@@ -330,10 +368,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", default=None, help="write the rows here")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {PARTS}")
+    p.add_argument("--seeds", default=None, help="synthetic seeds, e.g. 3,4,5 (held out)")
+    p.add_argument("--size", type=int, default=None, help="synthetic scene size")
+    p.add_argument("--no-general", action="store_true", help="skip the general regime")
     a = p.parse_args(argv)
-    rows = run(quick=a.quick)
+    seeds = tuple(int(v) for v in a.seeds.split(",")) if a.seeds else None
+    rows = run(quick=a.quick, parts=tuple(a.parts.split(",")), seeds=seeds, size=a.size,
+               general=False if a.no_general else None)
     for r in rows:
-        print(json.dumps(r, default=str))
+        print(json.dumps(r, default=str), flush=True)
     if a.json:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         Path(a.json).write_text(json.dumps(rows, indent=1, default=str))

@@ -669,10 +669,16 @@ def sttfn(
         architecture must match the cube.
     arch : str, optional
         Architecture from :func:`xfusion.models.list_architectures` (default
-        ``"xfusion-v1"``; with ``weights``: the checkpoint's).
+        ``"xfusion-v1"``, the spec's reconstruction; with ``weights``: the checkpoint's).
+        ``"xfusion-v2"`` (an xfusion design) adds a coarse-context branch wider than a coarse
+        pixel and a smoothed coarse change with a per-pixel gain in the global residual (see
+        :mod:`xfusion.models.sttfn`); its 95 px receptive radius wants ``patch_size`` of
+        about 128 (e.g. ``patches=32, patch_size=128``).
     arch_params : mapping, optional
         Architecture parameters (``xfusion-v1``: ``sr_width``, ``feat``, ``width``,
-        ``blocks``, kernel sizes, ``init``); defaults give the spec's 405,025-parameter net.
+        ``blocks``, kernel sizes, ``init``; ``xfusion-v2`` also ``ctx_width``, ``ctx_box``,
+        ``ctx_dilations``, ``guess``, ``target_features``); defaults give the spec's
+        405,025-parameter net (v1) or a 109,426-parameter net (v2).
     epochs, patch_size, patches, batch_size, lr, val_fraction, patience, min_valid
         Training options, see :class:`SttfnTrainOptions` (defaults: 30 epochs of 128
         random 48 px patches, batch 16, Adam lr 1e-3, 10 % of the scene held out as a strip
@@ -752,7 +758,8 @@ def sttfn(
     untrained net (``epochs=0``) returns exactly the "fine plus coarse change" baseline, so
     training only has to learn the correction. Inputs are normalised per band with the mean
     and standard deviation of the observed fine and coarse training pixels, stored with the
-    nets. Receptive field: 13 px (the chunk halo). Memory per inference task: one chunk plus
+    nets. Receptive field (the chunk halo): 13 px for ``"xfusion-v1"``, 95 px for
+    ``"xfusion-v2"``. Memory per inference task: one chunk plus
     halo of the three inputs and the nets' activations of one tile batch.
 
     References

@@ -6,7 +6,7 @@ Examples
 --------
 >>> import xfusion.models
 >>> [a.name for a in xfusion.models.list_architectures(method="sttfn")]
-['xfusion-v1']
+['xfusion-v1', 'xfusion-v2']
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Examples
 --------
 >>> import xfusion.models
 >>> [a.name for a in xfusion.models.list_architectures(method="sttfn")]
-['xfusion-v1']
+['xfusion-v1', 'xfusion-v2']
 """
 
 from __future__ import annotations
@@ -189,6 +189,25 @@ register_architecture(
         description="STTFN multiscale fusion CNN reconstructed from the paper's structure "
         "(Super-Resolution, Integration and Extraction nets, global residual); layer sizes "
         "are xfusion's choice (405,025 parameters per net for one band), not the paper's table",
+        verified=False,
+    )
+)
+
+
+register_architecture(
+    Architecture(
+        name="xfusion-v2",
+        builder="xfusion.models.sttfn:build_xfusion_v2",
+        method="sttfn",
+        defaults={
+            "sr_width": 32, "feat": 16, "width": 32, "blocks": 2, "sr_kernels": (9, 1, 5),
+            "fine_kernels": (3, 3), "block_kernels": (3, 5, 7), "head_kernel": 3,
+            "ctx_width": 16, "ctx_box": 65, "ctx_dilations": (8, 16, 32),
+            "guess": "gain", "target_features": False, "init": "zero-head",
+        },
+        description="xfusion-v1 plus a coarse-context branch (box-smoothed inputs, dilated "
+        "convolutions) wider than a coarse pixel, and a smoothed coarse change as the global "
+        "residual guess; an xfusion design, not the paper's",
         verified=False,
     )
 )
