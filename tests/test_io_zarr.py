@@ -437,7 +437,7 @@ def test_layout_mismatch_and_existing_store_errors(tmp_path):
     # a plain to_zarr store cannot be resumed
     xfusion.io.to_zarr(ds, tmp_path / "plain.zarr", progress=False)
     with pytest.raises(
-        InvalidParameterError, match=r"not written by xfusion.io.write_tiled.*mode='w'"
+        InvalidParameterError, match=r"not written tile by tile by xfusion.*mode='w'"
     ):
         xfusion.io.write_tiled(ds, tmp_path / "plain.zarr", progress=False)
 
@@ -519,7 +519,7 @@ def _n_done(store):
         return 0
     try:
         return int(xfusion.io.tile_status(store).sum())
-    except Exception:  # noqa: BLE001  (metadata being written)
+    except Exception:  # the store metadata is being written
         return 0
 
 

@@ -748,6 +748,23 @@ def _existing_group(store: StoreLike, group: str | None, storage_options: Any) -
         ) from err
 
 
+def resume_problem(existing: Any, layout: Mapping[str, Any]) -> str | None:
+    """Why an existing tiled store cannot be resumed with ``layout`` (None: it can).
+
+    Shared by :func:`write_tiled` and :func:`xfusion.run`: the store must have the layout
+    attribute and the done-markers, and its layout must equal ``layout``.
+    """
+    old = existing.attrs.get(LAYOUT_ATTR)
+    if old is None or MARKER_NAME not in existing:
+        return (
+            f"it was not written tile by tile by xfusion (no {LAYOUT_ATTR!r} attribute or "
+            "done-markers)"
+        )
+    old = json.loads(old) if isinstance(old, str) else old
+    diff = _layout_diff(old, layout)
+    return f"it was written with a different layout: {'; '.join(diff)}" if diff else None
+
+
 def _create_markers(zgroup: Any, sdims: tuple[str, str], grid: list[int], zarr_format: int) -> Any:
     dims = [f"_xfusion_tile_{d}" for d in sdims]
     kw: dict[str, Any] = {
@@ -935,18 +952,10 @@ def write_tiled(
                 f"The store {where!r} already exists and resume=False. Pass resume=True to "
                 f"finish its missing tiles. {fix}"
             )
-        old = existing.attrs.get(LAYOUT_ATTR)
-        if old is None or MARKER_NAME not in existing:
+        problem = resume_problem(existing, layout)
+        if problem:
             raise InvalidParameterError(
-                f"The store {where!r} exists but was not written by xfusion.io.write_tiled() "
-                f"(no {LAYOUT_ATTR!r} attribute or done-markers), so it cannot be resumed. {fix}"
-            )
-        old = json.loads(old) if isinstance(old, str) else old
-        diff = _layout_diff(old, layout)
-        if diff:
-            raise InvalidParameterError(
-                f"The store {where!r} was written with a different layout, so it cannot be "
-                f"resumed with this data: {'; '.join(diff)}. {fix}"
+                f"The store {where!r} cannot be resumed with this data: {problem}. {fix}"
             )
         zgroup = _open_group(store, group, "r+", storage_options)
         markers = zgroup[MARKER_NAME]

@@ -282,6 +282,7 @@ def plan(job: Job | Mapping[str, Any] | str | os.PathLike[str], /) -> Plan:
     """
     from odc.geo import xy_
     from odc.geo.geobox import GeoBox
+    from odc.geo.xr import xr_coords
 
     job = _as_job(job)
     aoi = _aoi(job)
@@ -294,7 +295,7 @@ def plan(job: Job | Mapping[str, Any] | str | os.PathLike[str], /) -> Plan:
     gbox = GeoBox.from_bbox(aoi_out.boundingbox, crs, resolution=job.resolution, anchor=anchor)
     h, w = gbox.shape
     grid = (math.ceil(h / job.tile), math.ceil(w / job.tile))
-    dims = ("latitude", "longitude") if crs.geographic else ("y", "x")
+    dims = tuple(str(d) for d in xr_coords(gbox) if d != "spatial_ref")
     return Plan(
         geobox=gbox,
         dims=dims,
@@ -434,12 +435,11 @@ def _open_or_create(job: Job, pl: Plan, times: np.ndarray, overwrite: bool) -> t
     """Create the template store (or check and reopen it); return (zarr group, n preexisting)."""
     from xfusion.io.zarr import (
         LAYOUT_ATTR,
-        MARKER_NAME,
         _create_markers,
         _existing_group,
         _layout,
-        _layout_diff,
         _open_group,
+        resume_problem,
         to_zarr,
     )
 
@@ -449,19 +449,12 @@ def _open_or_create(job: Job, pl: Plan, times: np.ndarray, overwrite: bool) -> t
     layout["job"] = _fingerprint(job, weights_sha)
     existing = None if overwrite else _existing_group(job.store, None, None)
     if existing is not None:
-        old = existing.attrs.get(LAYOUT_ATTR)
-        fix = "Pass overwrite=True (`xfusion run --overwrite`) to start afresh, or another store."
-        if old is None or MARKER_NAME not in existing:
+        problem = resume_problem(existing, layout)
+        if problem:
             raise JobError(
-                f"The output store {job.store!r} exists but was not written by xfusion.run(), so "
-                f"it cannot be resumed. {fix}"
-            )
-        old = json.loads(old) if isinstance(old, str) else old
-        diff = _layout_diff(old, layout)
-        if diff:
-            raise JobError(
-                f"The output store {job.store!r} was written by a different job or grid, so it "
-                f"cannot be resumed: {'; '.join(diff)}. {fix}"
+                f"The output store {job.store!r} exists and cannot be resumed by this job (a "
+                f"different job or grid): {problem}. Pass overwrite=True (`xfusion run "
+                "--overwrite`) to start afresh, or use another store."
             )
         return _open_group(job.store, None, "r+", None), 1
     encoding: dict[str, Any] = {}
