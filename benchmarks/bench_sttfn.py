@@ -15,7 +15,11 @@ Measured side by side in one run on this machine:
   and SSIM of STTFN (per-triplet, the paper's regime; and general: nets trained once on
   other seeds' scenes with fine images at every date, applied without retraining) next to
   STARFM with the ``"lst"`` preset on both pairs (``pairs="bracket"``, the same inputs) and
-  the fine-plus-change baseline; the ratio STTFN / STARFM RMSE (goal <= 0.85).
+  the fine-plus-change baseline; the ratio STTFN / STARFM RMSE (goal <= 0.85). Each net pair
+  is combined three ways from the same two predictions (``diagnostics=True``): the paper's
+  fine-scale STC (``combine="stc"``, the default), coarse-scale STC and by temporal distance
+  (``combine="time"``, rows ``(time)``; ``"xfusion-v2"`` is called with it, the others are
+  recombined with :func:`~xfusion.methods.sttfn.stc_weighting`, which the tests show equal).
 * **Accuracy on real data**, Kranj (``../shared/data``; pairs DOY 068 and 093, predict 077;
   MODIS x 1e4; six bands): RMSE/SSIM per band and mean of STTFN, STARFM (both pairs) and the
   naive baselines.
@@ -196,11 +200,24 @@ def _ssim(pred, truth) -> float:
     return float(ssim(pred, truth).values)
 
 
+def _prior(p) -> np.ndarray:
+    """The temporal weight ``(t3 - t2) / (t3 - t1)`` of the forward prediction, per target."""
+    t1, t2, t3 = (np.asarray(v, "datetime64[ns]").astype(np.float64)
+                  for v in (p.pair_time.values, p.time.values, p.pair_time_after.values))
+    return ((t3 - t2) / (t3 - t1)).reshape(-1, 1, 1)
+
+
+def _recombine(p, fine: str, coarse_at_targets: np.ndarray, **kw: Any) -> np.ndarray:
+    from xfusion.methods.sttfn import stc_weighting
+
+    return stc_weighting(p[f"{fine}_forward"].values, p[f"{fine}_backward"].values,
+                         coarse_at_targets, **kw)
+
+
 def synthetic_accuracy(seeds=(0, 1, 2), size: int = 256, general: bool = True,
                        train_seeds=(100, 101), train_size: int = 192) -> list[dict[str, Any]]:
     """STTFN vs STARFM (lst preset, both pairs) on synthetic LST scenes with known truth."""
     import xfusion
-    from xfusion.methods.sttfn import stc_weighting
     from xfusion.testing import synthetic_scene
 
     weights = None
@@ -233,9 +250,9 @@ def synthetic_accuracy(seeds=(0, 1, 2), size: int = 256, general: bool = True,
                                                  arch_params={"sr_width": 4, "feat": 4,
                                                               "width": 4}, **kw).compute()
         t0 = time.perf_counter()
-        preds["sttfn-v2 per-triplet"] = xfusion.sttfn(s, seed=seed, device="cpu",
-                                                      diagnostics=True, **PER_TRIPLET_V2,
-                                                      **kw).compute()
+        preds["sttfn-v2 per-triplet (time)"] = xfusion.sttfn(
+            s, seed=seed, device="cpu", diagnostics=True, combine="time", **PER_TRIPLET_V2, **kw
+        ).compute()
         t_v2 = time.perf_counter() - t0
         preds["sttfn-v2 untrained"] = xfusion.sttfn(s, arch="xfusion-v2", epochs=0,
                                                     diagnostics=True, **kw).compute()
@@ -245,9 +262,16 @@ def synthetic_accuracy(seeds=(0, 1, 2), size: int = 256, general: bool = True,
         factor = int(s.attrs["coarse_factor"])
         for name in [n for n in preds if n.startswith("sttfn")]:
             p = preds[name]
-            coarse_stc = stc_weighting(p.fine_forward.values, p.fine_backward.values,
-                                       s.coarse.sel(time=p.time).values, factor=factor)
-            preds[f"{name} (coarse STC)"] = p[["fine"]].copy(data={"fine": coarse_stc})
+            m2 = s.coarse.sel(time=p.time).values
+            base = name.removesuffix(" (time)")
+            variants = {f"{base} (coarse STC)": {"factor": factor},
+                        f"{base} (time)": {"prior": _prior(p), "residuals": False}}
+            if base != name:
+                variants[base] = {}  # the paper's fine-scale STC
+            for label, opts in variants.items():
+                if label not in preds:
+                    preds[label] = p[["fine"]].copy(data={"fine": _recombine(p, "fine", m2,
+                                                                             **opts)})
         targets = preds["starfm"].time.values
         row: dict[str, Any] = {"benchmark": "sttfn_accuracy_synthetic_lst", "seed": seed,
                                "size": size, "targets": len(targets)}  # fmt: skip
@@ -301,11 +325,21 @@ def kranj_accuracy(data: Path = KRANJ, epochs: int = 20) -> list[dict[str, Any]]
     t0 = time.perf_counter()
     preds = {
         "sttfn": xfusion.sttfn(ds, epochs=epochs, patches=64, patch_size=24, batch_size=8,
-                               arch_params=HALF, seed=0, device="cpu", **kw),
+                               arch_params=HALF, seed=0, device="cpu", diagnostics=True, **kw),
     }  # fmt: skip
     t_sttfn = time.perf_counter() - t0
-    preds["sttfn-v2"] = xfusion.sttfn(ds, arch="xfusion-v2", epochs=epochs, patches=16,
-                                      patch_size=96, batch_size=8, seed=0, device="cpu", **kw)
+    preds["sttfn-v2 (time)"] = xfusion.sttfn(ds, arch="xfusion-v2", epochs=epochs, patches=16,
+                                             patch_size=96, batch_size=8, seed=0, device="cpu",
+                                             combine="time", diagnostics=True, **kw)
+    m2 = np.stack([ds[c].sel(time=[np.datetime64(target[0])]).values for c in coarse], axis=1)
+    for name in ("sttfn", "sttfn-v2 (time)"):
+        p = preds[name]
+        base = name.removesuffix(" (time)")
+        for label, opts in ((base, {}), (f"{base} (time)", {"prior": _prior(p),
+                                                            "residuals": False})):
+            if label not in preds:
+                preds[label] = p[fine].copy(data={
+                    f: _recombine(p, f, m2[:, b], **opts) for b, f in enumerate(fine)})
     preds["sttfn-v2 untrained"] = xfusion.sttfn(ds, arch="xfusion-v2", epochs=0, **kw)
     preds["starfm (both pairs)"] = xfusion.starfm(ds, pairs="bracket", preset="usda",
                                                   max_search_distance=600, **kw)

@@ -54,6 +54,29 @@ def test_stc_coarse_scale_matches_brute_force():
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-9)
 
 
+# --------------------------------------------------------------------------------------------
+# combination by temporal distance, target offsets
+
+
+def test_stc_prior_and_time_only_known_answers():
+    p1 = np.array([[300.0, 300.0, 301.0, np.nan]])
+    p3 = np.array([[302.0, 304.0, 303.0, 305.0]])
+    m2 = np.array([[301.0, 303.0, 300.0, 300.0]])
+    q = 0.25
+    time_only = stc_weighting(p1, p3, m2, prior=q, residuals=False)
+    np.testing.assert_allclose(time_only[0, :3], q * p1[0, :3] + (1 - q) * p3[0, :3])
+    assert time_only[0, 3] == 305.0  # one side missing: the other one
+    both = stc_weighting(p1, p3, m2, prior=q, eps=1e-9)
+    # equal residuals -> the prior; residuals 3 and 1 with prior 1/4 -> 1/12 : 3/4, i.e. 1/10
+    assert both[0, 0] == pytest.approx(q * 300 + (1 - q) * 302)
+    assert both[0, 1] == pytest.approx(0.1 * 300 + 0.9 * 304)
+    # a per-pixel prior broadcasts; the default prior is the paper's equal weighting
+    qq = np.array([[0.5, 0.5, 0.5, 0.5]])
+    np.testing.assert_allclose(stc_weighting(p1, p3, m2, prior=qq), stc_weighting(p1, p3, m2))
+    with pytest.raises(ValueError, match="needs a prior"):
+        stc_weighting(p1, p3, m2, residuals=False)
+
+
 def test_import_does_not_need_torch_and_calling_names_the_extra():
     code = (
         "import sys; sys.modules['torch'] = None\n"
@@ -320,6 +343,14 @@ def test_cli_fuse_sttfn_multiband_and_weights(tmp_path, saved_weights):
     assert rc == 0
     pred = rioxarray.open_rasterio(out)
     assert pred.shape == (2, 40, 40) and np.isfinite(pred.values).all()
+    # untrained nets combined by temporal distance: the target is halfway, so equal weights
+    rc = main([*args, "--target", days[1], "--out", str(tmp_path / "t.tif"), "--param",
+               "epochs=0", "--param", "combine=time", "--param", "target_offset=0"])
+    assert rc == 0
+    half = (s.fine_nir[0] + s.fine_nir[2]) / 2 + s.coarse_nir[1] - (s.coarse_nir[0]
+                                                                    + s.coarse_nir[2]) / 2
+    got = rioxarray.open_rasterio(tmp_path / "t.tif")
+    np.testing.assert_allclose(got.values[1], half.values, atol=1e-4)
     assert main([*args, "--out", str(tmp_path / "w.tif"), "--weights", str(saved_weights[0])]) == 1
     rc = main(["fuse", "baseline", *args[2:], "--out", str(tmp_path / "b.tif"), "--weights", "w"])
     assert rc == 2
@@ -375,3 +406,80 @@ def test_temporal_mix_interpolates_inputs_and_target_alike():
     assert not torch.equal(mix[0][1], first)  # a new draw every epoch
     none = _TemporalMix(base, nb=2, share=0.0, seed=3)
     assert torch.equal(none[2][1], base.y[2])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "dask"])
+def test_combine_time_weights_the_nearer_pair(backend):
+    """Targets 1/3 and 2/3 of the way from t1 to t3: weights 2/3 and 1/3 of the forward net."""
+    s = _scene(36, times=4, fine_times=[0, 3], chunks=16 if backend == "dask" else None)
+    out = sttfn(s, fine="fine", coarse="coarse", epochs=0, arch_params=TINY, combine="time",
+                diagnostics=True).compute()
+    np.testing.assert_allclose(out.fine_weight.values[:, 0, 0], [2 / 3, 1 / 3], rtol=1e-6)
+    ref = (2 / 3) * out.fine_forward[0] + (1 / 3) * out.fine_backward[0]
+    np.testing.assert_allclose(out.fine.values[0], ref.values, atol=1e-4)
+    ref = (1 / 3) * out.fine_forward[1] + (2 / 3) * out.fine_backward[1]
+    np.testing.assert_allclose(out.fine.values[1], ref.values, atol=1e-4)
+    assert json.loads(out.attrs["xfusion_sttfn"])["combine"] == "time"
+    # no coarse_factor needed for "time", whatever stc_scale says
+    sttfn(s.assign_attrs(coarse_factor=None), fine="fine", coarse="coarse", epochs=0,
+          arch_params=TINY, combine="time", stc_scale="coarse")
+
+
+def test_combine_stc_time_coarse_is_chunk_invariant():
+    """STC residuals per coarse cell times the temporal distances, brute force = dask with
+    chunks that are not multiples of the coarse cell."""
+    kw = {"fine": "fine", "coarse": "coarse", "epochs": 0, "arch_params": TINY,
+          "combine": "stc-time", "stc_scale": "coarse", "diagnostics": True}
+    s = _scene(40, times=4, fine_times=[0, 3])
+    a = sttfn(s, **kw)
+    b = sttfn(_scene(40, times=4, fine_times=[0, 3], chunks=12), **kw).compute()
+    xr.testing.assert_allclose(a.fine, b.fine, atol=1e-4)
+    xr.testing.assert_allclose(a.fine_weight, b.fine_weight, atol=1e-5)
+    for k, q in enumerate((2 / 3, 1 / 3)):
+        ref = stc_weighting(a.fine_forward.values[k].astype(np.float64),
+                            a.fine_backward.values[k].astype(np.float64),
+                            s.coarse.values[k + 1].astype(np.float64), factor=16, prior=q)
+        np.testing.assert_allclose(a.fine.values[k], ref, atol=1e-4)
+
+
+def test_bad_combine_and_target_offset():
+    s = _scene()
+    with pytest.raises(InvalidParameterError, match=r"combine='nearest'.*'stc', 'time'"):
+        sttfn(s, fine="fine", coarse="coarse", combine="nearest")
+    with pytest.raises(InvalidParameterError, match="target_offset is a standard deviation"):
+        sttfn(s, fine="fine", coarse="coarse", target_offset=-1.0)
+
+
+def test_target_offset_shifts_target_coarse_and_fine_alike():
+    from xfusion.methods.sttfn import _TemporalMix
+
+    class Base:
+        def __init__(self):
+            g = torch.Generator().manual_seed(1)
+            self.x = torch.randn(6, 6, 4, 4, generator=g)  # nb = 2: [L_ref, M_ref, M_tgt]
+            self.y = torch.randn(6, 2, 4, 4, generator=g)
+
+        def set_epoch(self, e):
+            pass
+
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return self.x[i], self.y[i]
+
+    base = Base()
+    aug = _TemporalMix(base, nb=2, share=0.0, seed=5, offset_std=[1.0, 10.0])
+    shifts = []
+    for i in range(6):
+        x, y = aug[i]
+        torch.testing.assert_close(x[:4], base.x[i, :4])
+        d_m, d_y = x[4:] - base.x[i, 4:], y - base.y[i]
+        torch.testing.assert_close(d_m, d_y)
+        for b in range(2):  # one uniform offset per band
+            torch.testing.assert_close(d_y[b], torch.full_like(d_y[b], float(d_y[b, 0, 0])))
+        shifts.append(d_y[:, 0, 0])
+    s = torch.stack(shifts)
+    assert float(s[:, 1].abs().mean()) > 3 * float(s[:, 0].abs().mean())  # per-band scale
+    off = _TemporalMix(base, nb=2, share=0.0, seed=5, offset_std=[0.0, 0.0])
+    assert torch.equal(off[3][0], base.x[3]) and torch.equal(off[3][1], base.y[3])

@@ -177,6 +177,14 @@ METHODS: dict[str, MethodEntry] = {
             "temporal_mix": Param(
                 parse=float, help="share of time-interpolated training items (default 1.0)"
             ),
+            "target_offset": Param(
+                parse=float,
+                help="std of random target offsets in training, in band stds (default 0.3)",
+            ),
+            "combine": Param(
+                choices=("stc", "time", "stc-time"),
+                help="consistency weighting (default), temporal distance, or both",
+            ),
             "stc_scale": Param(
                 choices=("fine", "coarse"),
                 help="consistency weighting per fine pixel (default) or per coarse cell",

@@ -45,7 +45,7 @@ def _starfm(cube: xr.Dataset) -> xr.Dataset:
     return starfm(cube, fine="fine", coarse="coarse", preset="lst", max_search_distance=distance)
 
 
-def _sttfn(cube: xr.Dataset) -> xr.Dataset:
+def _sttfn(cube: xr.Dataset) -> dict[str, xr.Dataset]:
     from xfusion._compat import has
     from xfusion.methods.sttfn import sttfn
 
@@ -56,9 +56,18 @@ def _sttfn(cube: xr.Dataset) -> xr.Dataset:
     from xfusion.cube import get_geobox
 
     patch = max(16, min(48, min(get_geobox(cube).shape) // 4))
-    return sttfn(cube, fine="fine", coarse="coarse", epochs=6, patches=64, patch_size=patch,
-                 min_valid=0.3, arch_params={"sr_width": 32, "feat": 16, "width": 32}, seed=0,
-                 tile=256)
+    out = sttfn(cube, fine="fine", coarse="coarse", epochs=6, patches=64, patch_size=patch,
+                min_valid=0.3, arch_params={"sr_width": 32, "feat": 16, "width": 32}, seed=0,
+                tile=256, diagnostics=True)
+    # the same two predictions combined by temporal distance (combine="time"), lazily:
+    # w = (t3 - t2) / (t3 - t1) for the forward one, the other where one is missing
+    q = (out["pair_time_after"] - out["time"]) / (out["pair_time_after"] - out["pair_time"])
+    fwd, bwd = out["fine_forward"], out["fine_backward"]
+    mixed = xr.where(fwd.isnull(), bwd, xr.where(bwd.isnull(), fwd, q * fwd + (1 - q) * bwd))
+    coords = ["pair_time", "pair_time_after"]
+    return {"sttfn": out[["fine"]],
+            "sttfn-time": mixed.astype("float32").rename("fine").to_dataset()
+            .assign_coords({c: out[c] for c in coords})}
 
 
 class _Skip(Exception):
@@ -72,7 +81,9 @@ DEMO_METHODS: dict[str, Callable[[xr.Dataset], xr.Dataset]] = {
     "sttfn": _sttfn,
 }
 """Method label → function of the cube returning a Dataset with the predicted ``fine``
-variable at the target dates. Each fusion method adds itself here when it lands."""
+variable at the target dates (or a dict label → Dataset for variants of one method, e.g.
+``"sttfn"``, the paper's consistency weighting, and ``"sttfn-time"``, the same nets combined
+by temporal distance). Each fusion method adds itself here when it lands."""
 
 
 def _by_day(ds: xr.Dataset) -> xr.Dataset:
@@ -180,12 +191,14 @@ def run_demo(out: str | Path = "demo_out", size: int = 512, *, seed: int = 0, ch
     say(f"[xfusion demo] scene {size}x{size} px, {cube.sizes['time']} dates, catalog at "
         f"{out / 'catalog'} ({time.perf_counter() - t0:.1f} s)")
 
-    preds = {}
+    preds: dict[str, xr.Dataset] = {}
     for name, func in DEMO_METHODS.items():
         try:
-            preds[name] = func(cube)
+            got = func(cube)
         except _Skip as why:
             say(f"[xfusion demo] skipping {name}: {why}")
+            continue
+        preds.update(got if isinstance(got, dict) else {name: got})
     targets = next(iter(preds.values()))["time"].values
     result = xr.Dataset(
         {f"pred_{name.replace('-', '_')}": p["fine"] for name, p in preds.items()}
