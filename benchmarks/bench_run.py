@@ -477,22 +477,14 @@ def run(quick: bool = False, repeats: int = 2) -> list[dict[str, Any]]:
     return rows
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
-    lines = []
-    for r in rows:
-        lines.append(f"== {r['benchmark']}")
-        for k, v in r.items():
-            if k != "benchmark":
-                lines.append(f"  {k:34s} {v:.4g}" if isinstance(v, float) else f"  {k:34s} {v}")
-    return "\n".join(lines)
-
-
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small AOIs, one repeat (about a minute)")
     p.add_argument("--json", default=os.path.join("bench_out", "bench_run.json"),
                    help="where to write the rows (default bench_out/bench_run.json)")
     a = p.parse_args()
+    from bench_starfm import _table  # the same row printer (benchmarks/ is on sys.path)
+
     result = run(quick=a.quick)
     print(_table(result))
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from xfusion.errors import InvalidParameterError
 from xfusion.methods.sttfn import stc_weighting
 
 # --------------------------------------------------------------------------------------------
@@ -73,7 +74,7 @@ def test_stc_prior_and_time_only_known_answers():
     # a per-pixel prior broadcasts; the default prior is the paper's equal weighting
     qq = np.array([[0.5, 0.5, 0.5, 0.5]])
     np.testing.assert_allclose(stc_weighting(p1, p3, m2, prior=qq), stc_weighting(p1, p3, m2))
-    with pytest.raises(ValueError, match="needs a prior"):
+    with pytest.raises(InvalidParameterError, match="needs prior="):
         stc_weighting(p1, p3, m2, residuals=False)
 
 
@@ -104,7 +105,6 @@ pytest.importorskip("safetensors")
 import xfusion
 from xfusion.errors import (
     CheckpointError,
-    InvalidParameterError,
     NoOverlapError,
     NotEnoughDataError,
     WeightsMismatchError,
@@ -371,25 +371,28 @@ def test_sttfn_trains_and_infers_on_cuda_with_bf16(saved_weights):
     np.testing.assert_allclose(gpu.fine.values, cpu.fine.values, atol=0.5)
 
 
+class _Items:
+    """``n`` random training items ``([L_ref, M_ref, M_tgt], L_tgt)`` with two bands."""
+
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 6, 4, 4, generator=g)  # nb = 2: [L_ref, M_ref, M_tgt]
+        self.y = torch.randn(n, 2, 4, 4, generator=g)
+
+    def set_epoch(self, e):
+        pass
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
 def test_temporal_mix_interpolates_inputs_and_target_alike():
     from xfusion.methods.sttfn import _TemporalMix
 
-    class Base:
-        def __init__(self):
-            g = torch.Generator().manual_seed(0)
-            self.x = torch.randn(5, 6, 4, 4, generator=g)  # nb = 2: [L_ref, M_ref, M_tgt]
-            self.y = torch.randn(5, 2, 4, 4, generator=g)
-
-        def set_epoch(self, e):
-            pass
-
-        def __len__(self):
-            return 5
-
-        def __getitem__(self, i):
-            return self.x[i], self.y[i]
-
-    base = Base()
+    base = _Items(5, seed=0)
     mix = _TemporalMix(base, nb=2, share=1.0, seed=3)
     first = mix[0][1]
     for i in range(5):
@@ -453,22 +456,7 @@ def test_bad_combine_and_target_offset():
 def test_target_offset_shifts_target_coarse_and_fine_alike():
     from xfusion.methods.sttfn import _TemporalMix
 
-    class Base:
-        def __init__(self):
-            g = torch.Generator().manual_seed(1)
-            self.x = torch.randn(6, 6, 4, 4, generator=g)  # nb = 2: [L_ref, M_ref, M_tgt]
-            self.y = torch.randn(6, 2, 4, 4, generator=g)
-
-        def set_epoch(self, e):
-            pass
-
-        def __len__(self):
-            return 6
-
-        def __getitem__(self, i):
-            return self.x[i], self.y[i]
-
-    base = Base()
+    base = _Items(6, seed=1)
     aug = _TemporalMix(base, nb=2, share=0.0, seed=5, offset_std=[1.0, 10.0])
     shifts = []
     for i in range(6):

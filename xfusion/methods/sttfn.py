@@ -119,7 +119,9 @@ def _w1(p1: np.ndarray, p3: np.ndarray, m2: np.ndarray, *, eps: float, factor: i
     """The weight of ``p1`` (NaN where a residual is; see :func:`stc_weighting`)."""
     if not residuals:
         if prior is None:
-            raise ValueError("stc_weighting(residuals=False) needs a prior weight")
+            raise InvalidParameterError(
+                "stc_weighting(residuals=False) needs prior=... (the weight of p1 in [0, 1])."
+            )
         return np.broadcast_to(np.asarray(prior, dtype=np.float64), np.shape(p1))
     if factor is None:
         r1, r3 = np.abs(p1 - m2), np.abs(p3 - m2)
@@ -965,16 +967,8 @@ def sttfn(
     for fname in roles.fine:
         like[fname] = like[fname].astype(np.float32)
     if diagnostics:
-        import functools
-
-        wfunc = functools.partial(_weight_block, eps=float(stc_eps), factor=None,
-                                  residuals=residuals)
-        if factor is None:
-            w = apply_blockwise(wfunc, *_with_prior(p_f, p_b, m2.astype(np.float32), prior),
-                                name=f"xfusion.{NAME}-weight", dtype=np.float32)
-        else:
-            w = _stc(p_f, p_b, m2.astype(np.float32), eps=float(stc_eps), factor=factor,
-                     prior=prior, residuals=residuals, func=_weight_block)
+        w = _stc(p_f, p_b, m2.astype(np.float32), eps=float(stc_eps), factor=factor,
+                 prior=prior, residuals=residuals, func=_weight_block)
         for b, fname in enumerate(roles.fine):
             for suffix, arr, long_name in (
                 ("forward", p_f, "STTFN forward-net prediction (from t1)"),
@@ -1033,6 +1027,8 @@ def _with_prior(p_f: Any, p_b: Any, m2: Any, prior: np.ndarray | None) -> list[A
 
 def _stc(p_f: Any, p_b: Any, m2: Any, *, eps: float, factor: int | None,
          prior: np.ndarray | None = None, residuals: bool = True, func: Any = None) -> Any:
+    """The combined prediction (or, with ``func=_weight_block``, the forward weight), lazily
+    on dask; coarse-scale cells are rechunked to whole cells first."""
     import functools
 
     func = functools.partial(func or _stc_block, eps=eps, factor=factor, residuals=residuals)
