@@ -190,6 +190,14 @@ class Preset:
     """Short description of the product."""
     extras: Mapping[str, Any] = field(default_factory=dict)
     """Free-form notes (product guide references...)."""
+    grid_anchor: str | None = None
+    """How the product's pixel grid is aligned, used whenever a grid is derived for it
+    (``crs=``/``resolution=``/``bbox=``): ``"center"`` puts pixel centres on multiples of the
+    pixel size (Landsat: 30 m pixels with edges on odd multiples of 15 m), ``"edge"`` puts pixel
+    edges there (Sentinel-2: multiples of 10/20/60 m; MODIS tiles). ``None``: odc-stac's default."""
+    utm_north_only: bool = False
+    """The product is delivered in the northern UTM zones even south of the equator (negative
+    northings), as Landsat Collection 2 is: ``"utm"`` grids for it use those zones."""
 
     def __post_init__(self) -> None:
         if not self.collections:
@@ -199,6 +207,11 @@ class Preset:
             raise InvalidParameterError(
                 f"Preset {self.name!r}: default_bands {unknown!r} are not in its bands "
                 f"{sorted(self.bands)!r}."
+            )
+        if self.grid_anchor not in (None, "center", "edge"):
+            raise InvalidParameterError(
+                f"Preset {self.name!r}: grid_anchor={self.grid_anchor!r} must be 'center', "
+                "'edge' or None."
             )
         names = {f.name for f in self.qa}
         bad = [m for m in self.default_mask if m not in names]
@@ -443,6 +456,8 @@ def _landsat() -> Preset:
         default_bands=("lst",),
         qa=qa,
         default_mask=("fill", "cloud", "cirrus", "shadow", "snow"),
+        grid_anchor="center",
+        utm_north_only=True,
         description="Landsat Collection 2 Level-2 surface reflectance and temperature (USGS)",
         extras={"guide": "Landsat 8-9 C2 L2 Science Product Guide (LSDS-1619)"},
     )
@@ -490,6 +505,7 @@ def _modis_lst() -> Preset:
         qa=qc("QC_Day", day) + qc("QC_Night", night),
         default_mask=("cloud", "fill"),
         platforms=("terra", "aqua"),
+        grid_anchor="edge",
         description="MODIS Terra (MOD11A1) / Aqua (MYD11A1) daily LST, 1 km (LP DAAC)",
         extras={"guide": "MODIS LST Products User's Guide C6.1 (Wan 2019)"},
     )
@@ -517,6 +533,7 @@ def _modis_nbar() -> Preset:
         default_bands=("red", "nir"),
         qa=tuple(qa),
         default_mask=("fill",),
+        grid_anchor="edge",
         description="MODIS MCD43A4 daily nadir BRDF-adjusted reflectance, 500 m (LP DAAC)",
     )
 
@@ -561,6 +578,7 @@ def _modis_sr(name: str, res: str, nbands: int, qc_dtype: str) -> Preset:
         qa=qa,
         default_mask=("cloud", "shadow", "cirrus", "snow"),
         platforms=("terra", "aqua"),
+        grid_anchor="edge",
         description=f"MODIS 8-day surface reflectance ({res}), Terra MOD / Aqua MYD (LP DAAC)",
     )
 
@@ -602,6 +620,7 @@ def _modis_vi() -> Preset:
         ),
         default_mask=("fill", "cloud", "snow", "shadow"),
         platforms=("terra", "aqua"),
+        grid_anchor="edge",
         description="MODIS 16-day vegetation indices, 250 m (MOD13Q1 / MYD13Q1, LP DAAC)",
     )
 
@@ -661,6 +680,7 @@ def _sentinel2() -> Preset:
         default_bands=("red", "nir"),
         qa=tuple(qa),
         default_mask=("fill", "saturated", "shadow", "cloud", "cirrus", "snow"),
+        grid_anchor="edge",
         description="Sentinel-2 L2A surface reflectance (ESA), -1000 DN offset from baseline 04.00",
     )
 

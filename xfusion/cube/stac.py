@@ -500,12 +500,107 @@ def _md_parser(cfg: Mapping[str, Any], with_properties: Any) -> Any:
     return StacMDParser(cfg)
 
 
+ANCHORS = ("auto", "center", "edge", "floating")
+
+
+def resolve_anchor(
+    anchor: Any, presets: Sequence[Preset | None], *, derived: bool
+) -> Any:
+    """The odc-geo anchor of a derived output grid (None: odc-stac's own choice).
+
+    ``"auto"`` uses the presets' ``grid_anchor`` (Landsat ``"center"``, Sentinel-2 and MODIS
+    ``"edge"``) when the grid is derived from ``crs=``/``resolution=`` (``derived``), and the
+    items' own alignment otherwise.
+    """
+    if isinstance(anchor, str):
+        if anchor not in ANCHORS:
+            raise InvalidParameterError(
+                f"anchor={anchor!r} is not understood. Use 'auto' (the product's own pixel "
+                "grid: Landsat pixel centres on multiples of the resolution, Sentinel-2 and "
+                "MODIS pixel edges), 'center', 'edge', 'floating' (no snapping), or an (x, y) "
+                "fraction of a pixel such as (0.5, 0.5)."
+            )
+        if anchor != "auto":
+            return anchor
+        if not derived:
+            return None
+        found = {p.grid_anchor for p in presets if p is not None and p.grid_anchor is not None}
+        return found.pop() if len(found) == 1 else None
+    try:
+        ax, ay = (float(v) for v in anchor)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(
+            f"anchor={anchor!r} must be 'auto', 'center', 'edge', 'floating' or an (x, y) pair "
+            "of pixel fractions in [0, 1), e.g. (0.5, 0.5)."
+        ) from None
+    if not (0.0 <= ax < 1.0 and 0.0 <= ay < 1.0):
+        raise InvalidParameterError(
+            f"anchor={anchor!r}: the (x, y) pixel fractions must lie in [0, 1)."
+        )
+    from odc.geo import xy_
+
+    return xy_(ax, ay)
+
+
+def _native_anchor(plans: Sequence[tuple[_Group, list[Any]]], crs: Any, resolution: Any) -> Any:
+    """The anchor that puts a derived grid on the items' own pixel grid, or None.
+
+    Applies when the items share one pixel grid alignment, the requested CRS is theirs (or its
+    other-hemisphere UTM twin, 10,000,000 m of false northing away: not a multiple of 30 m, so
+    Landsat's grid has edges on 30 k + 25 m there) and the requested pixel size is theirs.
+    """
+    from odc.geo import CRS, xy_
+
+    if isinstance(crs, str) and crs.lower() == "utm":
+        return None
+    found: set[tuple[Any, float, float, float, float]] = set()
+    for group, items in plans:
+        keys = [o.info.asset for o in group.outs if not o.info.is_qa]
+        for it in items:
+            key = next((k for k in keys if k in it.assets), None)
+            if key is None:
+                continue
+            fields = {**it.properties, **it.assets[key].extra_fields}
+            t = fields.get("proj:transform")
+            native = _item_crs(it, key)
+            if not t or native is None or t[1] != 0 or t[3] != 0:
+                return None
+            found.add((native, abs(float(t[0])), abs(float(t[4])), float(t[2]), float(t[5])))
+    natives = {f[0] for f in found}
+    if len(natives) != 1:
+        return None
+    (native,) = natives
+    try:
+        target = native if crs is None else CRS(crs)
+    except Exception:
+        return None
+    shift = 0.0
+    if target != native:
+        a, b = _utm_zone(native), _utm_zone(target)
+        if a is None or b is None or a[0] != b[0] or a[1] == b[1]:
+            return None
+        shift = _UTM_SOUTH_FALSE_NORTHING if a[1] else -_UTM_SOUTH_FALSE_NORTHING
+    fracs = set()
+    for _, rx, ry, x0, y0 in found:
+        res = rx if resolution is None else abs(float(resolution))
+        if not (np.isclose(rx, res, rtol=1e-9) and np.isclose(ry, res, rtol=1e-9)):
+            return None
+        fx, fy = (x0 / res) % 1.0, ((y0 + shift) / res) % 1.0
+        fx, fy = (0.0 if f > 1 - 1e-9 else f for f in (fx, fy))
+        fracs.add((round(fx, 9), round(fy, 9)))
+    if len(fracs) != 1:
+        return None
+    fx, fy = fracs.pop()
+    return xy_(fx, fy)
+
+
 def _output_geobox(
     plans: Sequence[tuple[_Group, list[Any]]],
     *,
     crs: Any,
     resolution: Any,
     bbox: Any,
+    anchor: Any = None,
 ) -> Any:
     import odc.stac
 
@@ -521,14 +616,78 @@ def _output_geobox(
             kw["resolution"] = resolution
         if bbox is not None:
             kw["bbox"] = tuple(bbox)
+        if anchor is not None:
+            kw["anchor"] = anchor
         gb = odc.stac.output_geobox(parsed, bands=bands, **kw)
         if gb is None:
             raise InvalidParameterError(
                 "Could not work out an output grid from the items (no CRS/resolution in their "
                 "projection metadata). Pass geobox=GeoBox(...) or crs= and resolution=."
             )
-        gboxes.append(gb)
+        gboxes.append(_tidy(gb))
     return _union_geobox(gboxes)
+
+
+def _tidy(gbox: Any) -> Any:
+    """A projected grid's origin rounded to the micrometre (anchors computed in floats)."""
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    if gbox.crs is None or gbox.crs.geographic:
+        return gbox
+    a = gbox.affine
+    c, f = round(a.c, 6), round(a.f, 6)
+    if (c, f) == (a.c, a.f):
+        return gbox
+    return GeoBox(gbox.shape, Affine(a.a, a.b, c, a.d, a.e, f), gbox.crs)
+
+
+def _utm_zone(crs: Any) -> tuple[int, bool] | None:
+    """(zone, north) of a WGS 84 UTM CRS (EPSG:326zz / 327zz), else None."""
+    epsg = getattr(crs, "epsg", None)
+    if epsg is None:
+        return None
+    if 32601 <= epsg <= 32660:
+        return epsg - 32600, True
+    if 32701 <= epsg <= 32760:
+        return epsg - 32700, False
+    return None
+
+
+_UTM_SOUTH_FALSE_NORTHING = 10_000_000.0
+
+
+def _twin_geobox(gbox: Any, items: Sequence[Any], assets: Sequence[str]) -> Any:
+    """``gbox`` in the items' own UTM zone when they use its other-hemisphere twin, else None.
+
+    Landsat delivers southern scenes in the northern UTM zone (negative northings) while users
+    often ask for the southern one (EPSG:327zz): the two differ by a false northing of
+    10,000,000 m, so the same pixels lie on a translated grid. Reading them on that grid and
+    relabelling the coordinates keeps every value exact, where a warp through GDAL would
+    resample them.
+    """
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    target = _utm_zone(gbox.crs)
+    if target is None:
+        return None
+    crss = set()
+    for it in items:
+        key = next((a for a in assets if a in it.assets), None)
+        crs = _item_crs(it, key) if key is not None else None
+        if crs is None:
+            return None
+        crss.add(crs)
+    if len(crss) != 1:
+        return None
+    (native,) = crss
+    zone = _utm_zone(native)
+    if zone is None or zone[0] != target[0] or zone[1] == target[1]:
+        return None
+    shift = _UTM_SOUTH_FALSE_NORTHING if zone[1] else -_UTM_SOUTH_FALSE_NORTHING
+    a = gbox.affine
+    return GeoBox(gbox.shape, Affine(a.a, a.b, a.c, a.d, a.e, round(a.f - shift, 6)), native)
 
 
 def _footprint(item: Any) -> Any:
@@ -764,6 +923,7 @@ def load_cube(
     crs: Any = None,
     resolution: float | None = None,
     bbox: Sequence[float] | None = None,
+    anchor: str | tuple[float, float] = "auto",
     chunks: Mapping[str, int | str] | None = None,
     groupby: str | Callable[..., Any] | None = "solar_day",
     resampling: str | Mapping[str, str] = "bilinear",
@@ -808,6 +968,18 @@ def load_cube(
     bbox : sequence of 4 floats, optional
         Area of interest ``(west, south, east, north)`` in degrees; the grid is the items'
         native grid (or ``crs``/``resolution``) cropped to it. Not with ``geobox``.
+    anchor : {"auto", "center", "edge", "floating"} or (float, float), default "auto"
+        Alignment of a grid derived from ``crs``/``resolution``/``bbox``. ``"auto"``: the
+        product's own pixel grid, from the preset: Landsat pixel *centres* on multiples of
+        the resolution (30 m pixels with edges on odd multiples of 15 m, as USGS delivers
+        them), Sentinel-2 and MODIS pixel *edges* on multiples of it; without ``crs`` and
+        ``resolution`` the items' own alignment. So ``crs="EPSG:326zz", resolution=30``
+        reads Landsat values as they are, without resampling. Choose another alignment with
+        ``"center"``, ``"edge"``, ``"floating"`` (no snapping: the grid starts at the bbox
+        corner) or an ``(x, y)`` fraction of a pixel; or pass an exact ``geobox``. When
+        ``crs`` is the other-hemisphere twin of the items' UTM zone (EPSG:327zz for Landsat
+        delivered in 326zz), the items are read on the translated grid and relabelled, so
+        their values stay exact too.
     chunks : mapping, optional
         Dask chunks, e.g. ``{"time": 1, "x": 2048, "y": 2048}``; ``{}`` gives one chunk per
         date. ``None`` loads eagerly.
@@ -917,6 +1089,12 @@ def load_cube(
         )
     if bbox is not None:
         bbox = _check_bbox(bbox)
+    if geobox is not None and not (isinstance(anchor, str) and anchor == "auto"):
+        raise InvalidParameterError(
+            f"anchor={anchor!r} aligns a grid derived from crs=/resolution=/bbox=; the geobox "
+            "already fixes the alignment. Drop anchor= or build the geobox with that anchor "
+            "(odc.geo.geobox.GeoBox.from_bbox(..., anchor=...))."
+        )
     out_dtype = np.dtype(dtype)
     if out_dtype.kind != "f":
         raise InvalidParameterError(
@@ -976,7 +1154,13 @@ def load_cube(
     if geobox is None:
         if crs is None:
             _check_one_crs(plans)
-        gbox = _output_geobox(plans, crs=crs, resolution=resolution, bbox=bbox)
+        derived = crs is not None or resolution is not None
+        odc_anchor = resolve_anchor(anchor, presets, derived=derived)
+        if derived and isinstance(anchor, str) and anchor == "auto":
+            own = _native_anchor(plans, crs, resolution)
+            odc_anchor = own if own is not None else odc_anchor
+        gbox = _output_geobox(plans, crs=crs, resolution=resolution, bbox=bbox,
+                              anchor=odc_anchor)
     else:
         gbox = geobox
     if geobox is not None or bbox is not None:
@@ -1027,16 +1211,22 @@ def load_cube(
             )
         else:  # pragma: no cover
             kw.update(stac_cfg=cfg, with_properties=with_properties)
+        data_keys = [o.info.asset for o in group.outs if not o.info.is_qa] or assets
+        twin = _twin_geobox(gbox, prepared, data_keys)
         raw = odc.stac.load(
             prepared,
             bands=assets,
             groupby=groupby,
             resampling=res_arg,
             chunks=dict(chunks) if chunks is not None else None,
-            geobox=gbox,
+            geobox=gbox if twin is None else twin,
             fail_on_error=fail_on_error,
             **kw,
         )
+        if twin is not None:  # same pixels, coordinates of the asked-for CRS
+            from odc.geo.xr import xr_coords
+
+            raw = raw.assign_coords(xr_coords(gbox, crs_coord_name="spatial_ref"))
         parts.append(_convert_group(raw, group, out_dtype, mask_names))
 
     out = parts[0]

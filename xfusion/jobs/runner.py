@@ -40,11 +40,12 @@ import os
 import sys
 import time as _time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from xfusion.errors import (
     EmptySearchError,
@@ -206,11 +207,24 @@ def _aoi(job: Job) -> Any:
         raise JobError(f"Job field 'bbox_crs' {job.bbox_crs!r} is not a CRS: {err}.") from None
 
 
+def _fine_preset(job: Job) -> Any:
+    from xfusion.cube.presets import get_preset, preset_for_collection
+
+    try:
+        return get_preset(job.fine)
+    except XFusionError:
+        return preset_for_collection(job.fine)
+
+
 def _output_crs(job: Job, aoi: Any) -> Any:
     from odc.geo.crs import CRS
 
     if job.crs == "utm":
-        return CRS.utm(aoi.to_crs("EPSG:4326"))
+        crs = CRS.utm(aoi.to_crs("EPSG:4326"))
+        p = _fine_preset(job)
+        if p is not None and p.utm_north_only and crs.epsg is not None and crs.epsg > 32700:
+            crs = CRS(f"EPSG:{crs.epsg - 100}")  # Landsat: northern zone, negative northings
+        return crs
     try:
         return CRS(job.crs)
     except Exception as err:
@@ -291,7 +305,11 @@ def plan(job: Job | Mapping[str, Any] | str | os.PathLike[str], /) -> Plan:
         aoi_out = aoi.to_crs(crs)
     except Exception as err:
         raise JobError(f"The AOI cannot be projected to {crs}: {err}.") from None
-    anchor = xy_(0.5, 0.5) if job.anchor == "center" else xy_(0.0, 0.0)
+    how = job.anchor
+    if how == "auto":
+        p = _fine_preset(job)
+        how = p.grid_anchor if p is not None and p.grid_anchor is not None else "edge"
+    anchor = xy_(0.5, 0.5) if how == "center" else xy_(0.0, 0.0)
     gbox = GeoBox.from_bbox(aoi_out.boundingbox, crs, resolution=job.resolution, anchor=anchor)
     h, w = gbox.shape
     grid = (math.ceil(h / job.tile), math.ceil(w / job.tile))
@@ -328,8 +346,11 @@ def _lonlat_bbox(geom: Any) -> list[float]:
     return [float(bb.left), float(bb.bottom), float(bb.right), float(bb.top)]
 
 
-def _search(job: Job, role: str, bbox: Sequence[float]) -> list[Any]:
-    """Items of one role over ``bbox`` (lon/lat) in the job's period; [] when none."""
+def _search(job: Job, role: str, bbox: Sequence[float], keep: Any = None) -> list[Any]:
+    """Items of one role over ``bbox`` (lon/lat) in the job's period; [] when none.
+
+    ``keep`` filters the items' JSON before they are parsed (see :func:`_needed_coarse`).
+    """
     from xfusion.stac._pair import _items_and_preset
 
     source = job.fine if role == "fine" else job.coarse
@@ -344,10 +365,90 @@ def _search(job: Job, role: str, bbox: Sequence[float]) -> list[Any]:
             platform=job.fine_platform if role == "fine" else None,
             url=job.url,
             sign="auto",
+            keep=keep,
         )
     except EmptySearchError:
         return []
     return items
+
+
+def _one_platform(job: Job, items: list[Any]) -> list[Any]:
+    """The coarse items of the platform ``load_pair(coarse_platform="auto")`` would keep.
+
+    Done before the items are shipped to the tile, so the tile parses only those.
+    """
+    if job.coarse_platform != "auto" or not items:
+        return items
+    from xfusion.cube.presets import get_preset, preset_for_collection
+
+    try:
+        p = get_preset(job.coarse)
+    except XFusionError:
+        p = preset_for_collection(job.coarse)
+    if p is None or not p.platforms:
+        return items
+    plats = {str(it.properties.get("platform", "")).lower() for it in items}
+    if len(plats) < 2:
+        return items
+    first = next((q for q in p.platforms if q in plats), None)
+    return [it for it in items if str(it.properties.get("platform", "")).lower() == first]
+
+
+def _json_span(doc: Mapping[str, Any]) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """(start, end) of an item's JSON as naive UTC timestamps; None when it has no date."""
+    props = doc.get("properties") or {}
+
+    def ts(v: Any) -> pd.Timestamp | None:
+        if not v:
+            return None
+        try:
+            t = pd.Timestamp(v)
+        except (TypeError, ValueError):
+            return None
+        return t.tz_convert("UTC").tz_localize(None) if t.tzinfo is not None else t
+
+    dt = ts(props.get("datetime"))
+    start = ts(props.get("start_datetime")) or dt
+    end = ts(props.get("end_datetime")) or dt
+    if start is None or end is None:
+        return None
+    return start, end
+
+
+def _needed_coarse(
+    job: Job, targets: Sequence[str], fine_items: Sequence[Any]
+) -> Callable[[Mapping[str, Any]], bool]:
+    """A JSON predicate keeping the coarse items a batch can use.
+
+    Those are the items of a target day and those within the job's tolerance of a fine
+    acquisition (the pairs); a long period holds many more coarse items (every day, Terra and
+    Aqua, several tiles) that would otherwise all be parsed, shipped to the tiles and parsed
+    again. Items without a date are kept.
+    """
+    from xfusion.stac._pair import _item_times
+
+    tol = pd.Timedelta(job.tolerance)
+    windows = [(pd.Timestamp(d), pd.Timestamp(d) + pd.Timedelta(days=1)) for d in targets]
+    for it in fine_items:
+        _, s, e = _item_times(it)
+        windows.append((s - tol, e + tol))
+    plats = job.coarse_platform
+    wanted = None
+    if plats is not None and plats != "auto":
+        wanted = {str(p).lower() for p in ([plats] if isinstance(plats, str) else plats)}
+
+    def keep(doc: Mapping[str, Any]) -> bool:
+        if wanted is not None:
+            plat = str((doc.get("properties") or {}).get("platform", "")).lower()
+            if plat not in wanted:
+                return False
+        span = _json_span(doc)
+        if span is None:
+            return True
+        s, e = span
+        return any(s <= b and e >= a for a, b in windows)
+
+    return keep
 
 
 def _days(items: Sequence[Any]) -> list[str]:
@@ -975,7 +1076,13 @@ def run(
             union = union | footprints[t]
         bbox = _lonlat_bbox(union)
         try:
-            found = {role: _search(job, role, bbox) for role in ("fine", "coarse")}
+            fine_found = _search(job, "fine", bbox)
+            found = {
+                "fine": fine_found,
+                "coarse": _search(
+                    job, "coarse", bbox, keep=_needed_coarse(job, times_s, fine_found)
+                ) if fine_found else [],
+            }
         except XFusionError as err:
             for t in batch:
                 fail_or_retry(t, err)
@@ -985,6 +1092,7 @@ def run(
         for t in batch:
             fp = footprints[t]
             sel = {r: [it for it in found[r] if _intersects(it, fp)] for r in found}
+            sel["coarse"] = _one_platform(job, sel["coarse"])
             try:
                 signed = {r: sign_items(v) for r, v in sel.items()}
             except XFusionError as err:

@@ -23,7 +23,7 @@ store. The YAML form groups the fields in sections; every field also has a flat 
     grid:
       crs: EPSG:32611                    # default: the UTM zone of the AOI centre
       resolution: 30
-      anchor: center                     # Landsat grid: pixel edges on odd multiples of 15 m
+      anchor: auto                       # the fine product's grid (Landsat: edges on odd 15 m)
       tile: 2048                         # pixels per tile side (one unit of work and of resume)
       margin: auto                       # pixels read around each tile (the method's window)
     output:
@@ -75,7 +75,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 
 _RENAME = {("aoi", "crs"): "bbox_crs", ("aoi", "geojson"): "geometry"}
 
-ANCHORS = ("center", "edge")
+ANCHORS = ("auto", "center", "edge")
 
 
 def _fail(field_name: str, found: Any, fix: str) -> JobError:
@@ -125,7 +125,8 @@ class Job:
     bands : str, sequence or mapping, optional
         As for :func:`xfusion.load_pair` (default ``"lst"``).
     url : str, optional
-        STAC API; default the Planetary Computer (assets signed per batch).
+        STAC API; default ``$XFUSION_STAC_URL`` if set, else the Planetary Computer (assets
+        signed per batch).
     max_cloud : float, optional
         Scene cloud cover limit of the fine search, in percent.
     fine_platform, coarse_platform, tolerance, mask
@@ -134,12 +135,16 @@ class Job:
         A fine date serves as a pair in a tile only when at least this fraction of the tile's
         fine pixels is clear; ``None`` uses every fine acquisition.
     crs : str, default "utm"
-        Output CRS: an EPSG code/WKT, or ``"utm"`` for the UTM zone of the AOI centre.
+        Output CRS: an EPSG code/WKT, or ``"utm"`` for the UTM zone of the AOI centre (for
+        Landsat, the northern zone even south of the equator, as USGS delivers it, so its
+        pixels are read as they are).
     resolution : float, default 30
         Output pixel size in CRS units.
-    anchor : {"center", "edge"}, default "center"
+    anchor : {"auto", "center", "edge"}, default "auto"
         Grid alignment: ``"center"`` puts pixel centres on multiples of ``resolution``
-        (Landsat: edges on odd multiples of 15 m), ``"edge"`` puts pixel edges there.
+        (Landsat: edges on odd multiples of 15 m), ``"edge"`` puts pixel edges there
+        (Sentinel-2, MODIS); ``"auto"`` takes the fine product's own (from its preset; "edge"
+        for products without one).
     tile : int, default 2048
         Tile side in pixels: the unit of work, of retries and of resume.
     margin : int or "auto", default "auto"
@@ -182,7 +187,7 @@ class Job:
     min_clear: float | None = 0.5
     crs: str = "utm"
     resolution: float = 30.0
-    anchor: str = "center"
+    anchor: str = "auto"
     tile: int = 2048
     margin: int | str = "auto"
     chunk: int | None = None

@@ -36,6 +36,7 @@ def _items_and_preset(
     platform: Any,
     url: str | None,
     sign: Any,
+    keep: Any = None,
 ) -> tuple[list[Any], Preset | None]:
     from xfusion.cube.stac import _as_items
     from xfusion.stac._search import search
@@ -51,7 +52,7 @@ def _items_and_preset(
         search_sign = None if sign in ("auto", True) else False
         items = list(
             search(coll, bbox=bbox, time=time, max_cloud=max_cloud, platform=platform, url=url,
-                   sign=search_sign)
+                   sign=search_sign, keep=keep)
         )
         return items, p
     items = _as_items(source)
@@ -232,8 +233,63 @@ def _reproject(native: xr.Dataset, names: Sequence[str], gbox: Any, chunks: Any)
         var.encoding = {"grid_mapping": "spatial_ref"}
         out[n] = var
     ds = xr.Dataset(out)
-    keep = [c for c in native.coords if c != TIME and TIME in native[c].dims]
-    return ds.assign_coords({c: native[c] for c in keep})
+    # per-time coordinates of the native load (acquisition properties...): their values
+    # only, so that the native grid's spatial_ref never replaces the fine grid's
+    keep = [
+        c for c in native.coords
+        if c not in (TIME, "clear_fraction") and native[c].dims == (TIME,)
+    ]
+    return ds.assign_coords({c: (TIME, native[c].data, native[c].attrs) for c in keep})
+
+
+def _coverage(native_gbox: Any, gbox: Any, *, samples: int = 4) -> np.ndarray:
+    """Share of each native pixel covered by the fine grid's footprint (samples² points)."""
+    import shapely
+
+    ny, nx = native_gbox.shape
+    poly = gbox.extent.to_crs(native_gbox.crs).geom
+    off = (np.arange(samples) + 0.5) / samples
+    cols = (np.arange(nx)[:, None] + off[None, :]).ravel()
+    rows = (np.arange(ny)[:, None] + off[None, :]).ravel()
+    a = native_gbox.affine
+    cc, rr = np.meshgrid(cols, rows)
+    xs = a.a * cc + a.b * rr + a.c
+    ys = a.d * cc + a.e * rr + a.f
+    inside = shapely.contains_xy(poly, xs, ys)
+    cover = inside.reshape(ny, samples, nx, samples).mean(axis=(1, 3))
+    if cover.sum() == 0:  # an area smaller than the sampling: the pixel holding its centre
+        from xfusion.cube.stac import apply_affine
+
+        cx, cy = poly.centroid.x, poly.centroid.y
+        col, row = apply_affine(~a, cx, cy)
+        cover[min(max(int(row), 0), ny - 1), min(max(int(col), 0), nx - 1)] = 1.0
+    return cover
+
+
+def _native_clear(native: xr.Dataset, names: Sequence[str], gbox: Any) -> xr.DataArray:
+    """Clear fraction of the coarse data over the fine area, on the coarse sensor's grid.
+
+    Each native pixel counts with the share of it that the fine grid covers, so this is the
+    fraction of the fine area whose coarse pixel is observed and clear, computed on the
+    (coarse) native grid: no resampling of every date just to decide which ones are clear.
+    """
+    from xfusion.cube.validate import spatial_dims
+
+    dims = spatial_dims(native, name="coarse")
+    w = xr.DataArray(_coverage(native.odc.geobox, gbox), dims=dims)
+    valid = None
+    for n in names:
+        ok = native[n].notnull()
+        valid = ok if valid is None else (valid & ok)
+    assert valid is not None
+    frac = ((valid * w).sum(dims) / float(w.sum())).astype(np.float32)
+    frac = frac.drop_vars([c for c in frac.coords if c != TIME])
+    frac.attrs = {
+        "long_name": "Fraction of the area whose coarse pixel is observed, valid and clear "
+        "(on the coarse sensor's own grid)",
+        "units": "1",
+    }
+    return frac
 
 
 def load_pair(
@@ -246,6 +302,7 @@ def load_pair(
     geobox: Any = None,
     crs: Any = None,
     resolution: float | None = None,
+    anchor: str | tuple[float, float] = "auto",
     chunks: Mapping[str, int | str] | None = None,
     fine_name: str = "fine",
     coarse_name: str = "coarse",
@@ -290,6 +347,13 @@ def load_pair(
         Exact fine grid. Default: the fine items' native grid cropped to ``bbox``.
     crs, resolution : optional
         Fine grid CRS and pixel size instead of the native ones (with ``bbox``).
+    anchor : {"auto", "center", "edge", "floating"} or (float, float), default "auto"
+        Alignment of the fine grid, as for :func:`xfusion.load_cube`: ``"auto"`` keeps the
+        fine product's own pixel grid even with ``crs=``/``resolution=`` (Landsat: pixel
+        centres on multiples of 30 m, i.e. edges on odd multiples of 15 m; Sentinel-2: edges
+        on multiples of 10/20/60 m), so the fine values are read, not resampled. Pass
+        ``"edge"``, ``"center"``, ``"floating"``, an ``(x, y)`` pixel fraction, or an exact
+        ``geobox`` for another grid.
     chunks : mapping, optional
         Dask chunks of the fine grid, e.g. ``{"time": 1, "y": 2048, "x": 2048}``; ``None``
         loads eagerly.
@@ -312,7 +376,7 @@ def load_pair(
     coarse_native : bool, default False
         Also return the coarse data on its native grid (masked physical values).
     url : str, optional
-        STAC API to search; default the Planetary Computer.
+        STAC API to search; default ``$XFUSION_STAC_URL`` if set, else the Planetary Computer.
     sign, fail_on_error, report, retries, retry_delay
         As for :func:`xfusion.load_cube`.
 
@@ -416,6 +480,7 @@ def load_pair(
         crs=crs,
         resolution=resolution,
         bbox=bbox if geobox is None else None,
+        anchor=anchor,
         chunks=chunks,
         platform=fine_platform,
         **common,
@@ -441,7 +506,9 @@ def load_pair(
             resampling="nearest", **common,
         )
         coarse_ds = _reproject(native, coarse_bands, gbox, chunks)
-        coarse_ds = coarse_ds.assign_coords(clear_fraction=_clear(coarse_ds, coarse_bands))
+        coarse_ds = coarse_ds.assign_coords(
+            clear_fraction=_native_clear(native, coarse_bands, gbox)
+        )
     else:
         if coarse_native:
             raise InvalidParameterError(

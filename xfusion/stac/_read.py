@@ -186,6 +186,25 @@ def _clear_gdal_cache(uri: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# one report per failed read: odc-loader logs a failed read at ERROR before raising it, and
+# xfusion reports the same failure itself (AssetReadError, or a warning + LoadReport)
+
+_READING = threading.local()
+
+
+class _OwnReadsFilter(logging.Filter):
+    """Drop odc-loader's record of a failed read made by :class:`_Reader` (reported by it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_READING, "active", False)
+
+
+@functools.cache
+def _install_log_filter() -> None:
+    logging.getLogger("odc.loader._rio").addFilter(_OwnReadsFilter())
+
+
+# --------------------------------------------------------------------------------------------
 # the driver
 
 
@@ -278,10 +297,15 @@ class _Reader:
         if cfg.src_nodata_fallback is None and info is not None and info.nodata is not None:
             patch["src_nodata_fallback"] = info.nodata  # files without a nodata tag
         cfg1 = cfg.patch(**patch)
+        _install_log_filter()
         attempt = 0
         while True:
             try:
-                return rio_read(src, cfg1, dst_geobox, dst=dst, selection=selection)
+                _READING.active = True
+                try:
+                    return rio_read(src, cfg1, dst_geobox, dst=dst, selection=selection)
+                finally:
+                    _READING.active = False
             except (rasterio.errors.RasterioError, OSError) as err:
                 if attempt < drv.retries and _retryable(err):
                     attempt += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,17 @@ from xfusion.errors import (
 from xfusion.stac._sign import PC_STAC_URL, require_subscription_key
 
 __all__ = ["search"]
+
+
+STAC_URL_ENV = "XFUSION_STAC_URL"
+"""Environment variable naming the STAC API searched when no ``url=`` is given."""
+
+
+def default_url(url: str | None = None) -> str:
+    """``url``, else ``$XFUSION_STAC_URL``, else the Planetary Computer STAC API."""
+    import os
+
+    return url or os.environ.get(STAC_URL_ENV) or PC_STAC_URL
 
 
 def _is_pc(url: str) -> bool:
@@ -190,6 +201,7 @@ def search(
     timeout: float | None = 60.0,
     retries: int = 3,
     retry_delay: float = 1.0,
+    keep: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> Any:
     """Search a STAC API for items: the Planetary Computer by default, any API by URL.
 
@@ -218,7 +230,8 @@ def search(
     max_items : int, optional
         Stop after this many items.
     url : str, optional
-        STAC API root URL; default the Planetary Computer
+        STAC API root URL; default the environment variable ``XFUSION_STAC_URL`` when set
+        (a mirror, a private API, a local test server), else the Planetary Computer
         (``https://planetarycomputer.microsoft.com/api/stac/v1``).
     sign : bool, optional
         Sign asset URLs with ``planetary_computer.sign_inplace`` (pystac-client modifier).
@@ -232,6 +245,10 @@ def search(
         Retries of API requests answered with HTTP 429/5xx or failing to connect.
     retry_delay : float, default 1.0
         Backoff factor of those retries in seconds (doubling; ``Retry-After`` is honoured).
+    keep : callable, optional
+        A predicate on each item's JSON (a dict) deciding whether to keep it, applied before
+        the item is parsed into a :class:`pystac.Item` (cheap: long searches return
+        thousands of MODIS items of which a job may need a few dates).
 
     Returns
     -------
@@ -284,7 +301,7 @@ def search(
     q = _query(collections, query, max_cloud, platform)
     if int(limit) < 1:
         raise InvalidParameterError(f"limit={limit!r} must be a positive int.")
-    api = url or PC_STAC_URL
+    api = default_url(url)
     do_sign = _is_pc(api) if sign is None else bool(sign)
     modifier = None
     if do_sign:
@@ -339,7 +356,14 @@ def search(
             limit=int(limit),
             max_items=max_items,
         )
-        items = list(found.items())
+        if keep is None:
+            items = list(found.items())
+        else:  # filter on the JSON: only the items kept are parsed into pystac objects
+            items = [
+                pystac.Item.from_dict(d, root=client, preserve_dict=False)
+                for d in found.items_as_dicts()
+                if keep(d)
+            ]
     except ParametersError as err:
         raise InvalidParameterError(f"Invalid search parameters ({err}) for {what}.") from err
     except APIError as err:
@@ -357,6 +381,8 @@ def search(
     if not items:
         _unknown(client, collections, api)
         hints = ["widen the time range", "enlarge the bbox"]
+        if keep is not None:
+            hints.append("check which items the filter keeps")
         if max_cloud is not None:
             hints.append(f"raise max_cloud (now {max_cloud})")
         if platform is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1020,6 +1020,7 @@ def write_stac_items(
     properties: Mapping[str, Any] | list[Mapping[str, Any]] | None = None,
     template: Mapping[str, Any] | str | os.PathLike[str] | None = None,
     nodata_tags: Mapping[str, float | None] | None = None,
+    ids: Sequence[str] | None = None,
 ) -> list[Any]:
     """Write COGs of given stored values and STAC items shaped like a real product's items.
 
@@ -1057,6 +1058,9 @@ def write_stac_items(
         A real item JSON (dict or file) to copy the shape from.
     nodata_tags : mapping of str to number or None, optional
         GeoTIFF nodata tag per asset; default the declared or preset nodata.
+    ids : sequence of str, optional
+        Item ids, one per time (default: from the template's id and the time). Needed when
+        several items share a time, e.g. two MODIS tiles of one day.
 
     Returns
     -------
@@ -1124,6 +1128,8 @@ def write_stac_items(
         )
         days = max(1, round(span / pd.Timedelta(days=1)))
     interval = tpl["properties"].get("datetime", "") is None
+    if ids is not None and len(ids) != nt:
+        raise InvalidParameterError(f"ids= holds {len(ids)} ids for {nt} times; give one per time.")
     out = []
     for ti, ts in enumerate(stamps):
         doc = json.loads(json.dumps({k: v for k, v in tpl.items()
@@ -1134,6 +1140,8 @@ def write_stac_items(
         )
         if real:
             item_id = f"{tpl['id'].split('.')[0].split('_')[0]}_{ts:%Y%m%dT%H%M%S}"
+        if ids is not None:
+            item_id = str(ids[ti])
         props = doc.setdefault("properties", {})
         if interval:
             day = ts.normalize()
