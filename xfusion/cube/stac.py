@@ -709,7 +709,7 @@ def check_overlap(
     ``bbox`` (the user's lon/lat box the grid came from) is quoted in the message if given.
     """
     try:
-        aoi = gbox.extent.to_crs("EPSG:4326")
+        aoi = gbox.extent.to_crs("EPSG:4326", resolution="auto")
     except Exception:
         return list(items)
     hits, unknown = [], False

@@ -1070,7 +1070,7 @@ def run(
 
     def prepare_batch() -> None:
         batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
-        footprints = {t: pl.load_geobox(*t).extent.to_crs("EPSG:4326") for t in batch}
+        footprints = {t: pl.load_geobox(*t).extent.to_crs("EPSG:4326", resolution="auto") for t in batch}
         union = footprints[batch[0]]
         for t in batch[1:]:
             union = union | footprints[t]

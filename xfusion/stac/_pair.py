@@ -162,7 +162,7 @@ def _native_crop(items: Sequence[Any], assets: Sequence[str], gbox: Any, pad: in
     if first is None or first[0] is None:
         return None
     crs, aff = first
-    ext = gbox.extent.to_crs(crs)
+    ext = gbox.extent.to_crs(crs, resolution="auto")
     inv = ~aff
     x0, y0, x1, y1 = ext.boundingbox
     corners = ((x0, y0), (x1, y0), (x0, y1), (x1, y1))
@@ -207,8 +207,12 @@ def _match_times(
 
 
 def _reproject(native: xr.Dataset, names: Sequence[str], gbox: Any, chunks: Any) -> xr.Dataset:
-    """Native coarse values onto the fine grid: bilinear values where the nearest is valid."""
-    from odc.geo.xr import xr_reproject
+    """Native coarse values onto the fine grid: bilinear values where the nearest is valid.
+
+    Chunk- and tile-invariant (:func:`xfusion.cube.resample.resample_onto`): a fine pixel's
+    value depends on its position only, so a tiled job equals a whole-area load.
+    """
+    from xfusion.cube.resample import resample_onto
 
     kw: dict[str, Any] = {}
     if chunks is not None:
@@ -222,13 +226,8 @@ def _reproject(native: xr.Dataset, names: Sequence[str], gbox: Any, chunks: Any)
     for n in names:
         src = native[n]
         attrs = dict(src.attrs)
-        src = src.copy()
-        src.attrs = {}
-        src.encoding = {}
-        common = {"src_nodata": np.nan, "dst_nodata": np.nan, "dtype": src.dtype.name, **kw}
-        bil = xr_reproject(src, gbox, resampling="bilinear", **common)
-        near = xr_reproject(src, gbox, resampling="nearest", **common)
-        var = bil.where(near.notnull())
+        src = src.drop_vars([c for c in src.coords if c not in src.dims and c != "spatial_ref"])
+        var = resample_onto(src, gbox, method="bilinear", dtype=src.dtype, **kw)
         var.attrs = attrs
         var.encoding = {"grid_mapping": "spatial_ref"}
         out[n] = var
@@ -247,7 +246,7 @@ def _coverage(native_gbox: Any, gbox: Any, *, samples: int = 4) -> np.ndarray:
     import shapely
 
     ny, nx = native_gbox.shape
-    poly = gbox.extent.to_crs(native_gbox.crs).geom
+    poly = gbox.extent.to_crs(native_gbox.crs, resolution="auto").geom
     off = (np.arange(samples) + 0.5) / samples
     cols = (np.arange(nx)[:, None] + off[None, :]).ravel()
     rows = (np.arange(ny)[:, None] + off[None, :]).ravel()
@@ -449,6 +448,10 @@ def load_pair(
         coarse, coarse_preset, role="coarse", bbox=search_bbox, time=time, max_cloud=None,
         platform=c_plat, url=url, sign=sign,
     )
+    if c_plat is not None:  # given items are not filtered by a search
+        from xfusion.cube.stac import _filter_platform
+
+        coarse_items = _filter_platform(coarse_items, [coarse_p] * len(coarse_items), c_plat)
     if coarse_platform == "auto" and coarse_p is not None and coarse_p.platforms:
         plats = {str(it.properties.get("platform", "")).lower() for it in coarse_items}
         if len(plats) > 1:

@@ -6,6 +6,7 @@ Import explicitly (``import xfusion.testing``); ``import xfusion`` does not load
 from __future__ import annotations
 
 from xfusion.testing._dask import assert_lazy, raise_if_dask_computes
+from xfusion.testing._pc import PCCatalog, PCScene, write_pc_catalog
 from xfusion.testing._scenes import (
     LANDCOVER_CLASSES,
     REFLECTANCE_BANDS,
@@ -20,6 +21,8 @@ __all__ = [
     "Fault",
     "LANDCOVER_CLASSES",
     "LoopbackServer",
+    "PCCatalog",
+    "PCScene",
     "REFLECTANCE_BANDS",
     "SERIES_CLASSES",
     "StacCatalog",
@@ -32,6 +35,7 @@ __all__ = [
     "synthetic_cube",
     "synthetic_scene",
     "synthetic_series",
+    "write_pc_catalog",
     "write_stac_catalog",
     "write_stac_items",
 ]

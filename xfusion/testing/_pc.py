@@ -289,6 +289,8 @@ class PCScene:
                   grow_km: float) -> np.ndarray:
         out = np.zeros(np.shape(lon), dtype=bool)
         for clon, clat, r in discs:
+            if r + grow_km <= 0:
+                continue
             dx = (lon - clon) * 111.32 * math.cos(math.radians(clat))
             dy = (lat - clat) * 110.57
             out |= dx * dx + dy * dy <= (r + grow_km) ** 2
@@ -444,8 +446,9 @@ class PCScene:
         ``(|g_cc| + |g_rr|) / 8`` where ``g`` is the truth as a function of the *sinusoidal*
         pixel coordinates (its second derivatives carry the field's curvature and that of the
         sinusoidal -> lon/lat (-> UTM) transform), maximised over the area; the 0.02 K
-        quantisation (half of it, interpolated); GDAL's approximate transformer (0.125 of a
-        destination pixel, times the largest gradient); and float32 rounding.
+        quantisation (half of it, interpolated); and float32 rounding. The pixel positions
+        themselves are exact (xfusion transforms them with PROJ; a GDAL warp would add its
+        approximate transformer's error, up to 1/8 of a destination pixel times the gradient).
         """
         px = MODIS_TILE_SIZE / MODIS_PIXELS
         off = AQUA_OFFSET if platform == "aqua" else 0.0
@@ -467,7 +470,7 @@ class PCScene:
 
     def _bilinear_tolerance(self, gbox: Any, day: Any, grid: Any, px_m: float, off: float,
                             quant: float) -> float:
-        ext = gbox.extent.to_crs("EPSG:4326").boundingbox
+        ext = gbox.extent.to_crs("EPSG:4326", resolution="auto").boundingbox
         n = 48
         lon, lat = np.meshgrid(np.linspace(ext.left, ext.right, n),
                                np.linspace(ext.bottom, ext.top, n))
@@ -482,11 +485,9 @@ class PCScene:
         grr = (g(0.0, h) - 2 * g0 + g(0.0, -h)) / h**2
         grad = np.hypot(g(h, 0.0) - g(-h, 0.0), g(0.0, h) - g(0.0, -h)) / (2 * h)  # K/pixel
         bilinear = float(np.max(np.abs(gcc)) + np.max(np.abs(grr))) / 8.0
-        dst_px = float(max(abs(gbox.affine.a), abs(gbox.affine.e)))
-        if gbox.crs.geographic:
-            dst_px *= 111_320.0
-        transformer = 0.125 * dst_px / px_m * float(np.max(grad))
-        return bilinear + quant + transformer + 1e-3
+        # positions: the 8-pixel coordinate lattice is exact to well under a millimetre
+        position = 1e-3 / px_m * float(np.max(grad))
+        return bilinear + quant + position + 1e-3
 
 
 # --------------------------------------------------------------------------------------------

@@ -367,7 +367,7 @@ def _proj_props(gbox: Any) -> dict[str, Any]:
 
 
 def _footprint(gbox: Any) -> tuple[dict[str, Any], list[float]]:
-    geom = gbox.extent.to_crs("EPSG:4326")
+    geom = gbox.extent.to_crs("EPSG:4326", resolution="auto")
     bbox = [float(v) for v in geom.boundingbox]
     return json.loads(json.dumps(geom.json)), bbox
 
