@@ -372,3 +372,28 @@ def test_tiles_get_only_the_coarse_items_they_need(yanco, tmp_path, monkeypatch)
     # 20 MODIS items exist in the period (5 days x 2 tiles x Terra/Aqua): a tile gets at most
     # the tiles of the 4 days it needs, of one platform
     assert max(len(p["coarse_items"]) for p in seen) <= 4 * 2
+
+
+def test_tiles_with_four_corner_footprints(yanco):
+    """Footprints drawn through the four tile corners miss the curved sinusoidal edges."""
+    _, cat = yanco
+    coarse = []
+    for it in cat["modis-11A1-061"]:
+        new = it.clone()
+        t = it.properties["proj:transform"]
+        n = it.properties["proj:shape"][0]
+        corners = [(t[2], t[5]), (t[2] + n * t[0], t[5]), (t[2] + n * t[0], t[5] + n * t[4]),
+                   (t[2], t[5] + n * t[4])]
+        lonlat = [tuple(float(v) for v in _sinu(x, y)) for x, y in corners]
+        new.geometry = {"type": "Polygon", "coordinates": [[*lonlat, lonlat[0]]]}
+        coarse.append(new)
+    cube = xfusion.load_pair(fine=cat["landsat-c2-l2"], coarse=coarse, bbox=YANCO.bbox,
+                             chunks={"time": 1, "y": 256, "x": 256})
+    assert float(cube.clear_fraction_coarse.sel(time="2016-02-05")) == 1.0
+    assert np.isfinite(cube.coarse.sel(time="2016-02-05").values).all()
+
+
+def _sinu(x, y):
+    from xfusion.testing._pc import _sinusoidal_to_lonlat
+
+    return _sinusoidal_to_lonlat(x, y)

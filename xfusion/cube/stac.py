@@ -701,12 +701,49 @@ def _footprint(item: Any) -> Any:
     return None
 
 
+def _grid_footprint(item: Any, gbox: Any, assets: Sequence[str]) -> Any:
+    """The lon/lat outline of the pixel grid an item declares when it intersects ``gbox``.
+
+    None when the item declares no grid (``proj:*``) for these assets or the grid misses
+    ``gbox`` (tested in the item's own CRS).
+    """
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    key = next((a for a in assets if a in item.assets), None)
+    if key is None:
+        return None
+    fields = {**item.properties, **item.assets[key].extra_fields}
+    crs = _item_crs(item, key)
+    if crs is None or not fields.get("proj:transform") or not fields.get("proj:shape"):
+        return None
+    try:
+        grid = GeoBox(tuple(fields["proj:shape"][:2]), Affine(*fields["proj:transform"][:6]), crs)
+        area = gbox.extent.to_crs(crs, resolution="auto")
+        if not (grid.extent.intersects(area) and grid.extent.intersection(area).area > 0):
+            return None
+        return grid.extent.to_crs("EPSG:4326", resolution="auto")
+    except Exception:
+        return None
+
+
 def check_overlap(
-    items: Sequence[Any], gbox: Any, *, what: str = "items", bbox: Any = None
+    items: Sequence[Any],
+    gbox: Any,
+    *,
+    what: str = "items",
+    bbox: Any = None,
+    grid_assets: Sequence[str] = (),
 ) -> list[Any]:
     """Items whose footprint intersects ``gbox``; raise :class:`NoOverlapError` if none does.
 
     ``bbox`` (the user's lon/lat box the grid came from) is quoted in the message if given.
+    With ``grid_assets``, an item also counts when the pixel grid it declares for one of
+    these assets (``proj:shape``/``proj:transform`` in its CRS) intersects ``gbox``: lon/lat
+    footprints of large tiles (MODIS sinusoidal tiles, 10 degrees tall) drawn with few
+    vertices miss their curved edges, and an area near such an edge would lose its tile. Such
+    items are returned as copies whose footprint is the outline of their grid (odc-stac
+    reads an item only where its footprint says it has data).
     """
     try:
         aoi = gbox.extent.to_crs("EPSG:4326", resolution="auto")
@@ -722,6 +759,13 @@ def check_overlap(
         try:
             if fp.intersects(aoi) and fp.intersection(aoi).area > 0:
                 hits.append(it)
+            elif grid_assets:
+                outline = _grid_footprint(it, gbox, grid_assets)
+                if outline is not None:  # a footprint too coarse: use the declared grid
+                    fixed = it.clone()
+                    fixed.geometry = outline.json
+                    fixed.bbox = list(outline.boundingbox)
+                    hits.append(fixed)
         except Exception:
             hits.append(it)
     if not hits and not unknown:

@@ -475,16 +475,23 @@ def _target_times(job: Job, pl: Plan) -> np.ndarray:
     return np.array(days, dtype="datetime64[D]").astype("datetime64[ns]")
 
 
-def _intersects(item: Any, footprint_ll: Any) -> bool:
+def _intersects(item: Any, footprint_ll: Any, gbox: Any = None) -> bool:
+    """Whether an item's footprint (or, for too coarse footprints, its grid) meets a tile."""
     from odc.geo.geom import Geometry
 
     geom = getattr(item, "geometry", None)
     if not geom:
         return True
     try:
-        return bool(Geometry(geom, "EPSG:4326").intersects(footprint_ll))
+        if Geometry(geom, "EPSG:4326").intersects(footprint_ll):
+            return True
     except Exception:
         return True
+    if gbox is None:
+        return False
+    from xfusion.cube.stac import _grid_footprint
+
+    return _grid_footprint(item, gbox, list(item.assets)) is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1091,7 +1098,8 @@ def run(
 
         for t in batch:
             fp = footprints[t]
-            sel = {r: [it for it in found[r] if _intersects(it, fp)] for r in found}
+            lgb = pl.load_geobox(*t)
+            sel = {r: [it for it in found[r] if _intersects(it, fp, lgb)] for r in found}
             sel["coarse"] = _one_platform(job, sel["coarse"])
             try:
                 signed = {r: sign_items(v) for r, v in sel.items()}

@@ -489,7 +489,6 @@ def load_pair(
         **common,
     )
     gbox = fine_ds.odc.geobox
-    coarse_items = check_overlap(coarse_items, gbox, what="coarse items", bbox=bbox)
 
     # coarse: native grid around the AOI, masked there, then onto the fine grid
     from xfusion.cube.stac import _locate
@@ -501,6 +500,8 @@ def load_pair(
                              preset_for_collection(it.collection_id))
             if key is not None and key not in assets:
                 assets.append(key)
+    coarse_items = check_overlap(coarse_items, gbox, what="coarse items", bbox=bbox,
+                                 grid_assets=assets)
     native_gbox = _native_crop(coarse_items, assets, gbox)
     if native_gbox is not None:
         native = load_cube(
