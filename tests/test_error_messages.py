@@ -822,7 +822,7 @@ def test_super_resolve_weights_errors(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# STAC: search, presets, load_cube, load_pair, signing (xfusion.stac, xfusion.cube.stac)
+# STAC: search, presets, load_cube, load_pair, signing (xfusion.stac)
 
 
 @pytest.fixture(scope="module")
@@ -862,7 +862,7 @@ def test_stac_empty_search_says_how_to_widen_it(stac_api):
 
 
 def test_stac_unknown_band_lists_assets_and_preset_bands(stac_api):
-    from xfusion.cube.stac import load_cube
+    from xfusion.stac import load_cube
 
     _, cat, _ = stac_api
     with pytest.raises(VariableNotFoundError, match=r"Band 'thermal' is not an asset of any of "
@@ -872,7 +872,7 @@ def test_stac_unknown_band_lists_assets_and_preset_bands(stac_api):
 
 
 def test_stac_aoi_outside_the_items(stac_api):
-    from xfusion.cube.stac import load_cube
+    from xfusion.stac import load_cube
 
     _, cat, _ = stac_api
     with pytest.raises(NoOverlapError, match=r"The area of interest \(bbox=\(-70\.0, -30\.0, "
@@ -882,7 +882,7 @@ def test_stac_aoi_outside_the_items(stac_api):
 
 
 def test_stac_mixed_crs_without_a_target_grid(tmp_path):
-    from xfusion.cube.stac import load_cube
+    from xfusion.stac import load_cube
     from xfusion.testing import synthetic_scene, write_stac_catalog
 
     a = write_stac_catalog(synthetic_scene((8, 8), times=1, coarse_factor=8), tmp_path / "a")
@@ -910,7 +910,7 @@ def test_stac_missing_signing_key(monkeypatch):
 
 
 def test_stac_presets_masks_and_bbox_errors(stac_api):
-    from xfusion.cube.stac import load_cube
+    from xfusion.stac import load_cube
 
     _, cat, _ = stac_api
     with pytest.raises(InvalidParameterError, match=r"Unknown preset 'landsat-c2'\. Did you mean "
@@ -930,7 +930,7 @@ def test_stac_presets_masks_and_bbox_errors(stac_api):
 
 
 def test_stac_unreadable_asset_names_item_and_asset(stac_api):
-    from xfusion.cube.stac import load_cube
+    from xfusion.stac import load_cube
     from xfusion.errors import AssetReadError
 
     _, cat, scene = stac_api

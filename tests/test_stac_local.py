@@ -14,7 +14,7 @@ import odc.stac
 import pystac
 import pytest
 
-from xfusion.cube.stac import band_info, load_cube
+from xfusion.stac import band_info, load_cube
 from xfusion.errors import InvalidParameterError, VariableNotFoundError
 from xfusion.testing import (
     StacCatalog,

@@ -17,7 +17,7 @@ from odc.geo.geobox import GeoBox
 
 import xfusion
 from xfusion.cube import from_numpy
-from xfusion.cube.stac import apply_affine
+from xfusion.stac._items import apply_affine
 from xfusion.errors import (
     CRSMismatchError,
     EmptySearchError,

@@ -21,7 +21,7 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 
 import xfusion
-from xfusion.cube.presets import (
+from xfusion.stac.presets import (
     BandSpec,
     Preset,
     PropertyRule,
@@ -30,7 +30,7 @@ from xfusion.cube.presets import (
     list_presets,
     register_preset,
 )
-from xfusion.cube.stac import band_info, load_cube
+from xfusion.stac import band_info, load_cube
 from xfusion.errors import InvalidParameterError, SigningError, VariableNotFoundError
 from xfusion.testing import raise_if_dask_computes
 from xfusion.testing._stac import MODIS_SINUSOIDAL_WKT, write_stac_items
@@ -443,5 +443,5 @@ def test_preset_validation_errors():
         QAFlag(name="x", asset="q", values=(1,), bits=(0, 0))
     with pytest.raises(InvalidParameterError, match=r"Unknown preset keys \['colour'\]"):
         Preset.from_dict({"name": "x", "colour": 1})
-    assert xfusion.cube.presets.PropertyRule(
+    assert xfusion.stac.presets.PropertyRule(
         property="b", op=">=", value="04.00").matches({"b": "10.01"})  # numeric, not string

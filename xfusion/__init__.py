@@ -11,7 +11,6 @@ from importlib.metadata import PackageNotFoundError, version
 from xfusion import accessor as _accessor  # noqa: F401  (registers .fusion)
 from xfusion import errors
 from xfusion.cube import combine, from_geotiffs, from_numpy, mark_observed, validate_cube
-from xfusion.cube.stac import load_cube
 from xfusion.jobs import Job, cluster, load_job, run
 from xfusion.methods.baseline import baseline
 from xfusion.methods.composite import (
@@ -28,7 +27,7 @@ from xfusion.methods.harmonize import harmonize, train_harmonizer
 from xfusion.methods.starfm import starfm
 from xfusion.methods.sttfn import sttfn, train_sttfn
 from xfusion.methods.super_resolve import super_resolve, train_sif_sr
-from xfusion.stac import load_pair
+from xfusion.stac import load_cube, load_pair
 
 _SUBMODULES = ("config", "cube", "engine", "io", "metrics", "models", "stac", "testing", "training")
 

@@ -4,7 +4,7 @@
    (:func:`xfusion.testing.synthetic_scene`) and write it as a local STAC catalog of COGs
    shaped like the Planetary Computer items (:func:`xfusion.testing.write_stac_catalog`).
 2. Load fine (Landsat ``lwir11``) and coarse (MODIS ``LST_Day_1km``) through odc-stac onto one
-   30 m GeoBox (:func:`xfusion.cube.stac.load_cube`), lazily, and align them by day.
+   30 m GeoBox (:func:`xfusion.stac.load_cube`), lazily, and align them by day.
 3. Run every fusion method that exists on the cube (see :data:`DEMO_METHODS`).
 4. Write predictions and truth to ``DIR/demo.zarr``, print a metrics table against the truth,
    and save a PNG panel (inputs, predictions, truth, error maps) as ``DIR/demo.png``.
@@ -97,7 +97,7 @@ def build_demo_cube(out: Path, *, size: int, seed: int, chunk: int) -> tuple[xr.
     ``coarse`` on the fine grid, ``observed_*`` coordinates) and the scene's true fine LST.
     """
     from xfusion.cube import combine
-    from xfusion.cube.stac import load_cube
+    from xfusion.stac import load_cube
     from xfusion.testing import synthetic_scene, write_stac_catalog
 
     scene, coarse_native = synthetic_scene(

@@ -1,9 +1,11 @@
-"""Fusion cubes: the contract (validation) and builders from local files or arrays."""
+"""Fusion cubes: the contract (validation) and builders from local files or arrays.
+
+Cubes from STAC items are loaded by :mod:`xfusion.stac` (:func:`xfusion.load_cube`,
+:func:`xfusion.load_pair`)."""
 
 from __future__ import annotations
 
 from xfusion.cube.build import RasterReadError, combine, from_geotiffs, from_numpy, mark_observed
-from xfusion.cube.stac import load_cube
 from xfusion.cube.validate import (
     CubeInfo,
     get_geobox,
@@ -22,7 +24,6 @@ __all__ = [
     "combine",
     "from_geotiffs",
     "from_numpy",
-    "load_cube",
     "mark_observed",
     "get_geobox",
     "get_nodata",

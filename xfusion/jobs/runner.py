@@ -208,7 +208,7 @@ def _aoi(job: Job) -> Any:
 
 
 def _fine_preset(job: Job) -> Any:
-    from xfusion.cube.presets import get_preset, preset_for_collection
+    from xfusion.stac.presets import get_preset, preset_for_collection
 
     try:
         return get_preset(job.fine)
@@ -262,8 +262,8 @@ def _margin(job: Job, resolution: float) -> int:
 
 
 def _variables(job: Job) -> tuple[str, ...]:
-    from xfusion.cube.presets import get_preset, preset_for_collection
     from xfusion.stac._pair import _pairs_of_bands
+    from xfusion.stac.presets import get_preset, preset_for_collection
 
     def preset(name: str) -> Any:
         try:
@@ -379,7 +379,7 @@ def _one_platform(job: Job, items: list[Any]) -> list[Any]:
     """
     if job.coarse_platform != "auto" or not items:
         return items
-    from xfusion.cube.presets import get_preset, preset_for_collection
+    from xfusion.stac.presets import get_preset, preset_for_collection
 
     try:
         p = get_preset(job.coarse)
@@ -489,7 +489,7 @@ def _intersects(item: Any, footprint_ll: Any, gbox: Any = None) -> bool:
         return True
     if gbox is None:
         return False
-    from xfusion.cube.stac import _grid_footprint
+    from xfusion.stac._grid import _grid_footprint
 
     return _grid_footprint(item, gbox, list(item.assets)) is not None
 

@@ -1,6 +1,9 @@
-"""STAC search, Planetary Computer signing and fine/coarse pair loading.
+"""STAC: search, signing, reading, sensor presets, and cubes loaded from items.
 
 * :func:`search`: items from the Planetary Computer (signed) or any STAC API by URL.
+* :func:`load_cube`: items of one collection as a cube of physical values (odc-stac
+  underneath; scale/offset, nodata, QA masks from the presets of :mod:`xfusion.stac.presets`),
+  :func:`band_info` the per-band lookup behind it.
 * :func:`sign_items` / :func:`sign_href`: (re-)sign Planetary Computer asset URLs just before
   a load; long runs call it before every batch (tokens expire after about 45 minutes).
 * :func:`load_pair`: a fine and a coarse collection as one fusion cube on the fine grid;
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from xfusion.stac._items import BandInfo, band_info
 from xfusion.stac._pair import clear_fractions, clear_pairs, clear_targets, load_pair
 from xfusion.stac._search import search
 from xfusion.stac._sign import (
@@ -24,16 +28,21 @@ from xfusion.stac._sign import (
     sign_items,
     token_expiry,
 )
+from xfusion.stac.load import clear_fraction, load_cube
 
 __all__ = [
     "PC_STAC_URL",
+    "BandInfo",
     "FailedRead",
     "LoadReport",
+    "band_info",
+    "clear_fraction",
     "clear_fractions",
     "clear_pairs",
     "clear_targets",
     "has_subscription_key",
     "is_blob_href",
+    "load_cube",
     "load_pair",
     "search",
     "sign_href",

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from xfusion.cube.presets import Preset, get_preset, preset_for_collection
 from xfusion.errors import (
     InvalidParameterError,
     NoOverlapError,
     TimeAxisError,
     VariableNotFoundError,
 )
+from xfusion.stac.presets import Preset, get_preset, preset_for_collection
 
 if TYPE_CHECKING:
     from xfusion.stac._read import LoadReport
@@ -38,7 +38,7 @@ def _items_and_preset(
     sign: Any,
     keep: Any = None,
 ) -> tuple[list[Any], Preset | None]:
-    from xfusion.cube.stac import _as_items
+    from xfusion.stac._items import _as_items
     from xfusion.stac._search import search
 
     if isinstance(source, str):
@@ -141,7 +141,7 @@ def _native_crop(items: Sequence[Any], assets: Sequence[str], gbox: Any, pad: in
     from affine import Affine
     from odc.geo.geobox import GeoBox
 
-    from xfusion.cube.stac import _item_crs, apply_affine, shift_affine
+    from xfusion.stac._items import _item_crs, apply_affine, shift_affine
 
     first = None
     for it in items:
@@ -257,7 +257,7 @@ def _coverage(native_gbox: Any, gbox: Any, *, samples: int = 4) -> np.ndarray:
     inside = shapely.contains_xy(poly, xs, ys)
     cover = inside.reshape(ny, samples, nx, samples).mean(axis=(1, 3))
     if cover.sum() == 0:  # an area smaller than the sampling: the pixel holding its centre
-        from xfusion.cube.stac import apply_affine
+        from xfusion.stac._items import apply_affine
 
         cx, cy = poly.centroid.x, poly.centroid.y
         col, row = apply_affine(~a, cx, cy)
@@ -414,7 +414,9 @@ def load_pair(
     >>> pairs = xfusion.stac.clear_pairs(cube, min_clear=0.9)  # doctest: +SKIP
     """
     from xfusion.cube.build import combine
-    from xfusion.cube.stac import _check_bbox, check_overlap, load_cube
+    from xfusion.stac._grid import check_overlap
+    from xfusion.stac._items import _check_bbox
+    from xfusion.stac.load import load_cube
 
     if bbox is not None:
         bbox = _check_bbox(bbox)
@@ -449,7 +451,7 @@ def load_pair(
         platform=c_plat, url=url, sign=sign,
     )
     if c_plat is not None:  # given items are not filtered by a search
-        from xfusion.cube.stac import _filter_platform
+        from xfusion.stac._items import _filter_platform
 
         coarse_items = _filter_platform(coarse_items, [coarse_p] * len(coarse_items), c_plat)
     if coarse_platform == "auto" and coarse_p is not None and coarse_p.platforms:
@@ -491,7 +493,7 @@ def load_pair(
     gbox = fine_ds.odc.geobox
 
     # coarse: native grid around the AOI, masked there, then onto the fine grid
-    from xfusion.cube.stac import _locate
+    from xfusion.stac._items import _locate
 
     assets = []
     for it in coarse_items:
@@ -574,7 +576,7 @@ def load_pair(
 
 
 def _clear(ds: xr.Dataset, names: Sequence[str]) -> xr.DataArray:
-    from xfusion.cube.stac import clear_fraction
+    from xfusion.stac.load import clear_fraction
 
     return clear_fraction(ds, names)
 
@@ -601,7 +603,7 @@ def _role_vars(cube: xr.Dataset, role: str | Sequence[str]) -> list[Hashable]:
 
 
 def _fraction_expr(cube: xr.Dataset, role: str | Sequence[str]) -> xr.DataArray:
-    from xfusion.cube.stac import clear_fraction
+    from xfusion.stac.load import clear_fraction
 
     if isinstance(role, str) and f"clear_fraction_{role}" in cube.coords:
         frac = cube.coords[f"clear_fraction_{role}"]

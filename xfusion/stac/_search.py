@@ -97,7 +97,7 @@ def normalize_time(time: Any) -> str | None:
 
 
 def _check_bbox(bbox: Any) -> list[float]:
-    from xfusion.cube.stac import _check_bbox as check
+    from xfusion.stac._items import _check_bbox as check
 
     return list(check(bbox))
 
@@ -108,7 +108,7 @@ def _query(
     max_cloud: float | None,
     platform: Any,
 ) -> dict[str, Any] | None:
-    from xfusion.cube.presets import preset_for_collection
+    from xfusion.stac.presets import preset_for_collection
 
     q: dict[str, Any] = {}
     if query is not None:
@@ -307,7 +307,7 @@ def search(
     if do_sign:
         import planetary_computer
 
-        from xfusion.cube.presets import preset_for_collection
+        from xfusion.stac.presets import preset_for_collection
 
         for c in collections:
             p = preset_for_collection(c)

@@ -217,7 +217,7 @@ def sign_items(
     """
     import pystac
 
-    from xfusion.cube.presets import preset_for_collection
+    from xfusion.stac.presets import preset_for_collection
 
     if min_ttl < 0:
         raise InvalidParameterError(f"min_ttl={min_ttl!r} must be >= 0 seconds.")

@@ -1075,7 +1075,7 @@ def write_stac_items(
     """
     import pystac
 
-    from xfusion.cube.presets import preset_for_collection
+    from xfusion.stac.presets import preset_for_collection
 
     if template is None:
         if collection not in _TEMPLATES:

@@ -370,7 +370,7 @@ def get_preset(preset: str | Preset, /) -> Preset:
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise InvalidParameterError(
         f"Unknown preset {preset!r}.{hint} Registered presets are {list_presets()!r}; add "
-        "your own with xfusion.cube.presets.register_preset(Preset(...))."
+        "your own with xfusion.stac.presets.register_preset(Preset(...))."
     )
 
 
