@@ -6,10 +6,9 @@ torch: neural methods import it when they are called.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from xfusion import accessor as _accessor  # noqa: F401  (registers .fusion)
 from xfusion import errors
+from xfusion._version import __version__
 from xfusion.cube import combine, from_geotiffs, from_numpy, mark_observed, validate_cube
 from xfusion.jobs import Job, cluster, load_job, run
 from xfusion.methods.baseline import baseline
@@ -41,10 +40,6 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'xfusion' has no attribute {name!r}")
 
 
-try:
-    __version__ = version("xfusion")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "Job",

@@ -250,7 +250,7 @@ def _margin(job: Job, resolution: float) -> int:
         return math.ceil(float(dist) / resolution) + 1
     if job.method == "sttfn":
         if job.weights is not None:
-            from xfusion.training.checkpoint import read_metadata
+            from xfusion.models.checkpoint import read_metadata
 
             return int(read_metadata(job.weights).get("halo", 0)) + 3
         from xfusion.models.registry import build_model

@@ -58,6 +58,7 @@ from xfusion.errors import (
     WeightsMismatchError,
 )
 from xfusion.methods._common import as_names, float_data, require_choice
+from xfusion.models.registry import STORI_ARCH
 
 if TYPE_CHECKING:
     import torch
@@ -81,27 +82,8 @@ GAPFILL_METHODS: tuple[str, ...] = ("stori", "linear", "savgol", "harmonic")
 Variant: TypeAlias = Literal["fixed", "faithful"]
 """``"fixed"`` (default): the public code's bugs fixed; ``"faithful"``: as the public code."""
 
-ARCH = "stori"
-"""Registry name of the STORI architecture."""
 
 
-def _register() -> None:
-    from xfusion.models.registry import Architecture, list_architectures, register_architecture
-
-    if ARCH not in {a.name for a in list_architectures()}:
-        register_architecture(Architecture(
-            name=ARCH,
-            builder="xfusion.models.stori:build_stori",
-            method="gapfill",
-            defaults={"n_sar": 2, "hidden": 96, "decay": "optical", "sar_first": True},
-            description="STORI bidirectional SAR-guided recurrent imputer (BRITS-style RITS_H "
-            "pair, 77,089 parameters per direction at H=96); decay='sar', sar_first=False "
-            "is the public code's cell",
-            verified=False,
-        ))
-
-
-_register()
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,7 +375,7 @@ class StoriWeights:
         """Stable identity: the file's SHA-256, or a hash of the metadata and parameters."""
         if self._token is None:
             if self.path is not None:
-                from xfusion.training.checkpoint import file_sha256
+                from xfusion.models.checkpoint import file_sha256
 
                 self._token = file_sha256(self.path)
             else:
@@ -431,7 +413,7 @@ class StoriWeights:
         """Write a safetensors checkpoint (JSON metadata in the header); return its SHA-256."""
         import torch
 
-        from xfusion.training.checkpoint import save_checkpoint
+        from xfusion.models.checkpoint import save_checkpoint
 
         if self.state is None:
             raise InvalidParameterError(
@@ -451,14 +433,14 @@ class StoriWeights:
         WeightsMismatchError
             A checkpoint of another architecture.
         """
-        from xfusion.training.checkpoint import read_metadata
+        from xfusion.models.checkpoint import read_metadata
 
         p = os.fspath(path)
         meta = read_metadata(p)
-        if meta.get("arch") != ARCH or "stori" not in meta:
+        if meta.get("arch") != STORI_ARCH or "stori" not in meta:
             raise WeightsMismatchError(
                 f"The checkpoint {p!r} holds architecture {meta.get('arch')!r}, not STORI "
-                f"({ARCH!r}). Pass a file saved by StoriWeights.save() or fit_stori(..., out=...)."
+                f"({STORI_ARCH!r}). Pass a file saved by StoriWeights.save() or fit_stori(..., out=...)."
             )
         return cls(meta, path=str(os.path.abspath(p)))
 
@@ -469,7 +451,7 @@ class StoriWeights:
         if self.path is not None:
             from xfusion.engine.model import ModelSpec, get_model
 
-            spec = ModelSpec(name="stori", builder="xfusion.models.registry:build_from_checkpoint",
+            spec = ModelSpec(name="stori", builder="xfusion.models.checkpoint:build_from_checkpoint",
                              kwargs={"path": self.path, "net": "stori", "sha256": self.token},
                              out_channels=2)
             return get_model(spec, device)
@@ -609,7 +591,7 @@ def _fit_task(opt: np.ndarray, sar: np.ndarray, *, stride: int, shape: tuple[int
         info["best_val_mae"] *= scale
     info.update(stride=stride, scene_shape=list(shape), n_steps=nt)
     meta = {
-        "arch": ARCH, "nbands": 1, "arch_params": arch, "method": "gapfill",
+        "arch": STORI_ARCH, "nbands": 1, "arch_params": arch, "method": "gapfill",
         "stori": meta_st, "config": asdict(config), "training": info,
         "bands": [names[0]], "halo": 0,
     }

@@ -41,7 +41,6 @@ from xfusion.errors import (
     WeightsMismatchError,
 )
 from xfusion.methods.super_resolve import (
-    HARMONIZE_ARCH,
     _as_float,
     _Inputs,
     _is_dask,
@@ -51,6 +50,7 @@ from xfusion.methods.super_resolve import (
     bicubic_upsample,
     nested_grids,
 )
+from xfusion.models.registry import HARMONIZE_ARCH
 
 __all__ = ["L8_BANDS", "S2_BANDS", "harmonize", "train_harmonizer"]
 
@@ -77,8 +77,8 @@ def _stack(ds: xr.Dataset, bands: Sequence[str], *, role: str) -> xr.DataArray:
 
 def _read_members(weights: Any) -> tuple[list[tuple[str, str, str]], dict[str, Any]]:
     """``[(path, net, sha256)]`` over all files, and the (common) metadata."""
+    from xfusion.models.checkpoint import file_sha256, read_metadata
     from xfusion.models.registry import resolve_weights
-    from xfusion.training.checkpoint import file_sha256, read_metadata
 
     items = [weights] if isinstance(weights, (str, os.PathLike)) else list(weights)
     if not items:
@@ -125,7 +125,7 @@ def _model_spec(members: list[tuple[str, str, str]], meta: Mapping[str, Any], *,
                          halo=halo, out_channels=2 * nout)
     if len(members) == 1:
         path, net, sha = members[0]
-        return ModelSpec(name="harmonize", builder="xfusion.models.registry:build_from_checkpoint",
+        return ModelSpec(name="harmonize", builder="xfusion.models.checkpoint:build_from_checkpoint",
                          kwargs={"path": path, "net": net, "sha256": sha}, halo=halo,
                          out_channels=nout)
     return ModelSpec(name="harmonize-ensemble",

@@ -276,7 +276,7 @@ class TrainedSttfn:
 
     def save(self, path: str | os.PathLike[str]) -> str:
         """Save as a safetensors checkpoint; return the path."""
-        from xfusion.training.checkpoint import save_checkpoint
+        from xfusion.models.checkpoint import save_checkpoint
 
         save_checkpoint(path, {"forward": self.forward, "backward": self.backward},
                         self.metadata)
@@ -591,8 +591,8 @@ def _load_weights(weights: Any, roles: Roles, ds: xr.Dataset, arch: str | None
                   ) -> tuple[Any, Any, dict[str, Any]]:
     """Verify a checkpoint against the cube; return engine ModelSpecs for both nets."""
     from xfusion.engine import ModelSpec
+    from xfusion.models.checkpoint import file_sha256, load_checkpoint
     from xfusion.models.registry import resolve_weights
-    from xfusion.training.checkpoint import file_sha256, load_checkpoint
 
     path, expected = resolve_weights(weights)
     ckpt = load_checkpoint(path, expected_sha256=expected)  # integrity: raises on tampering
@@ -635,7 +635,7 @@ def _load_weights(weights: Any, roles: Roles, ds: xr.Dataset, arch: str | None
     sha = file_sha256(path)
     halo = int(meta.get("halo", 0))
     specs = [
-        ModelSpec(name=f"sttfn-{net}", builder="xfusion.models.registry:build_from_checkpoint",
+        ModelSpec(name=f"sttfn-{net}", builder="xfusion.models.checkpoint:build_from_checkpoint",
                   kwargs={"path": path, "net": net, "sha256": sha}, halo=halo,
                   out_channels=len(bands))
         for net in _NETS

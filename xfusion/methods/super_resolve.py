@@ -55,6 +55,7 @@ from xfusion.errors import (
     TimeAxisError,
     WeightsMismatchError,
 )
+from xfusion.models.registry import SIF_ARCH
 
 if TYPE_CHECKING:
     import torch
@@ -78,10 +79,6 @@ SRMethod: TypeAlias = Literal["sif-sr1", "sif-sr2", "dms", "bicubic", "harmonize
 SR_METHODS: tuple[str, ...] = ("sif-sr1", "sif-sr2", "dms", "bicubic", "harmonize")
 """Methods of :func:`super_resolve`."""
 
-SIF_ARCH = "sif-sr"
-"""Registry name of the SIF-CNN-SR U-Net."""
-HARMONIZE_ARCH = "harmonize-unet"
-"""Registry name of the harmonization U-Net."""
 
 _BICUBIC_A = -0.75
 _BICUBIC_HALO = 4  # 2 px of cubic support + 2 px of local NaN filling (coarse px)
@@ -93,31 +90,6 @@ SIF_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _register_architectures() -> None:
-    from xfusion.models.registry import Architecture, list_architectures, register_architecture
-
-    known = {a.name for a in list_architectures()}
-    if SIF_ARCH not in known:
-        register_architecture(Architecture(
-            name=SIF_ARCH, builder="xfusion.models.sifsr:sif_unet", method="super_resolve",
-            defaults={"width": 16, "align_corners": False, "global_skip": False},
-            description="SIF-CNN-SR residual U-Net (ModelB_2, 3 levels); 282,705 parameters "
-            "with width 16 and 2 input channels, as the paper's",
-            verified=True,
-        ))
-    if HARMONIZE_ARCH not in known:
-        register_architecture(Architecture(
-            name=HARMONIZE_ARCH, builder="xfusion.models.harmonize_unet:harmonize_unet",
-            method="harmonize",
-            defaults={"out_channels": 6, "depth": 3, "width": 16, "upsample": "upsample",
-                      "residual": False},
-            description="Landsat-8 -> Sentinel-2 AUNet without attention (Sambandham et al. "
-            "2024); depth 5/6 x width 64 reproduce the published 28.9 M / 116.0 M parameters",
-            verified=True,
-        ))
-
-
-_register_architectures()
 
 
 # --------------------------------------------------------------------------------------------
@@ -623,8 +595,8 @@ class _SifWeights:
 
 def _load_sif_weights(weights: Any, *, method: str, guide_names: Sequence[str],
                       scale: int) -> _SifWeights:
+    from xfusion.models.checkpoint import file_sha256, read_metadata
     from xfusion.models.registry import resolve_weights
-    from xfusion.training.checkpoint import file_sha256, read_metadata
 
     path, sha = resolve_weights(weights)
     meta = read_metadata(path)
@@ -697,7 +669,7 @@ def _sif_predict(inp: _Inputs, w: _SifWeights, *, method: str, engine: EngineCon
         x = da.concatenate([up[:, None], zg.rechunk((up.chunks[0], -1, *up.chunks[1:]))], axis=1)
     else:
         x = np.concatenate([up[:, None], np.asarray(zg)], axis=1)
-    spec = ModelSpec(name=method, builder="xfusion.models.registry:build_from_checkpoint",
+    spec = ModelSpec(name=method, builder="xfusion.models.checkpoint:build_from_checkpoint",
                      kwargs={"path": w.path, "net": "model", "sha256": w.sha256}, halo=w.halo,
                      out_channels=1)
     y = map_model(x, spec, config=engine, method=f"super_resolve.{method}")

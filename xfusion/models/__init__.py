@@ -1,4 +1,4 @@
-"""Model architectures and known weights of xfusion's learned methods.
+"""Model architectures, known weights and checkpoints of xfusion's learned methods.
 
 ``import xfusion.models`` does not import torch; building a model does.
 
@@ -11,10 +11,17 @@ Examples
 
 from __future__ import annotations
 
+from xfusion.models.checkpoint import (
+    Checkpoint,
+    build_from_checkpoint,
+    file_sha256,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
 from xfusion.models.registry import (
     Architecture,
     KnownWeights,
-    build_from_checkpoint,
     build_model,
     get_architecture,
     list_architectures,
@@ -26,13 +33,18 @@ from xfusion.models.registry import (
 
 __all__ = [
     "Architecture",
+    "Checkpoint",
     "KnownWeights",
     "build_from_checkpoint",
     "build_model",
+    "file_sha256",
     "get_architecture",
     "list_architectures",
     "list_weights",
+    "load_checkpoint",
+    "read_metadata",
     "register_architecture",
     "register_weights",
     "resolve_weights",
+    "save_checkpoint",
 ]

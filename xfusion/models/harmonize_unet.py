@@ -289,7 +289,7 @@ def mc_dropout(passes: int = 20, p: float = 0.1, seed: int = 0, in_channels: int
 def ensemble_from_checkpoints(paths: Sequence[str], nets: Sequence[str],
                               sha256s: Sequence[str | None]) -> Ensemble:
     """Build an :class:`Ensemble` from checkpoint members ``(path, net)`` (engine builder)."""
-    from xfusion.models.registry import build_from_checkpoint
+    from xfusion.models.checkpoint import build_from_checkpoint
 
     return Ensemble([build_from_checkpoint(p, n, s)  # type: ignore[misc]
                      for p, n, s in zip(paths, nets, sha256s, strict=True)])
@@ -298,7 +298,7 @@ def ensemble_from_checkpoints(paths: Sequence[str], nets: Sequence[str],
 def mc_dropout_from_checkpoint(path: str, net: str, sha256: str | None, passes: int = 20,
                                p: float = 0.1, seed: int = 0) -> MCDropout:
     """Build :class:`MCDropout` around a checkpoint member (engine builder)."""
-    from xfusion.models.registry import build_from_checkpoint
+    from xfusion.models.checkpoint import build_from_checkpoint
 
     model = build_from_checkpoint(path, net, sha256)
     return MCDropout(model, passes=passes, p=p, seed=seed)  # type: ignore[arg-type]

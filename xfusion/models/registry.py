@@ -3,8 +3,9 @@
 Architectures are named builders (``"package.module:function"``) with default parameters;
 weights are named safetensors checkpoints with their SHA-256. Methods resolve
 ``arch="xfusion-v1"`` and ``weights="<name or path>"`` through here, and the engine builds
-the nets from :func:`build_from_checkpoint` once per worker (the graph carries only the path
-and the file's hash).
+the nets from :func:`xfusion.models.checkpoint.build_from_checkpoint` once per worker (the
+graph carries only the path and the file's hash). The built-in architectures are one explicit
+table, :data:`BUILTIN_ARCHITECTURES`.
 
 Examples
 --------
@@ -27,9 +28,12 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "BUILTIN_ARCHITECTURES",
+    "HARMONIZE_ARCH",
+    "SIF_ARCH",
+    "STORI_ARCH",
     "Architecture",
     "KnownWeights",
-    "build_from_checkpoint",
     "build_model",
     "get_architecture",
     "list_architectures",
@@ -164,21 +168,21 @@ def resolve_weights(weights: str | Path) -> tuple[str, str | None]:
     return str(path.resolve()), None
 
 
-def build_from_checkpoint(path: str, net: str, sha256: str | None = None) -> torch.nn.Module:
-    """Build sub-network ``net`` of an xfusion checkpoint (the engine's ModelSpec builder).
+# --------------------------------------------------------------------------------------------
+# the built-in architectures: one explicit table (nothing registers itself on import, so a worker
+# that imports only xfusion.models can rebuild every architecture from a checkpoint)
 
-    Integrity (file hash when ``sha256`` is given, payload hash always) is verified; nothing
-    is unpickled.
-    """
-    from xfusion.training.checkpoint import load_checkpoint
+STTFN_V1, STTFN_V2 = "xfusion-v1", "xfusion-v2"
+SIF_ARCH = "sif-sr"
+"""Registry name of the SIF-CNN-SR U-Net."""
+HARMONIZE_ARCH = "harmonize-unet"
+"""Registry name of the Landsat-8 -> Sentinel-2 harmonization U-Net."""
+STORI_ARCH = "stori"
+"""Registry name of the STORI architecture."""
 
-    ckpt = load_checkpoint(path, expected_sha256=sha256)
-    return ckpt.build(net)
-
-
-register_architecture(
+BUILTIN_ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
-        name="xfusion-v1",
+        name=STTFN_V1,
         builder="xfusion.models.sttfn:build_xfusion_v1",
         method="sttfn",
         defaults={
@@ -190,13 +194,9 @@ register_architecture(
         "(Super-Resolution, Integration and Extraction nets, global residual); layer sizes "
         "are xfusion's choice (405,025 parameters per net for one band), not the paper's table",
         verified=False,
-    )
-)
-
-
-register_architecture(
+    ),
     Architecture(
-        name="xfusion-v2",
+        name=STTFN_V2,
         builder="xfusion.models.sttfn:build_xfusion_v2",
         method="sttfn",
         defaults={
@@ -209,5 +209,36 @@ register_architecture(
         "convolutions) wider than a coarse pixel, and a smoothed coarse change as the global "
         "residual guess; an xfusion design, not the paper's",
         verified=False,
-    )
+    ),
+    Architecture(
+        name=SIF_ARCH, builder="xfusion.models.sifsr:sif_unet", method="super_resolve",
+        defaults={"width": 16, "align_corners": False, "global_skip": False},
+        description="SIF-CNN-SR residual U-Net (ModelB_2, 3 levels); 282,705 parameters "
+        "with width 16 and 2 input channels, as the paper's",
+        verified=True,
+    ),
+    Architecture(
+        name=HARMONIZE_ARCH, builder="xfusion.models.harmonize_unet:harmonize_unet",
+        method="harmonize",
+        defaults={"out_channels": 6, "depth": 3, "width": 16, "upsample": "upsample",
+                  "residual": False},
+        description="Landsat-8 -> Sentinel-2 AUNet without attention (Sambandham et al. "
+        "2024); depth 5/6 x width 64 reproduce the published 28.9 M / 116.0 M parameters",
+        verified=True,
+    ),
+    Architecture(
+        name=STORI_ARCH,
+        builder="xfusion.models.stori:build_stori",
+        method="gapfill",
+        defaults={"n_sar": 2, "hidden": 96, "decay": "optical", "sar_first": True},
+        description="STORI bidirectional SAR-guided recurrent imputer (BRITS-style RITS_H "
+        "pair, 77,089 parameters per direction at H=96); decay='sar', sar_first=False "
+        "is the public code's cell",
+        verified=False,
+    ),
 )
+"""The architectures xfusion ships; users add theirs with :func:`register_architecture`."""
+
+for _arch in BUILTIN_ARCHITECTURES:
+    _ARCHS[_arch.name] = _arch
+del _arch

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from xfusion.training.checkpoint import (
+from xfusion.models.checkpoint import (
     Checkpoint,
     file_sha256,
     load_checkpoint,

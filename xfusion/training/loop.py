@@ -3,7 +3,7 @@
 Adam, masked losses (NaN targets excluded), validation on a separate (spatially held-out)
 dataset, early stopping with best-weights restore, bf16/fp16 autocast on CUDA, a progress
 bar, determinism from a seed, and resumable training states saved as safetensors + JSON
-(:mod:`xfusion.training.checkpoint`; never pickled).
+(:mod:`xfusion.models.checkpoint`; never pickled).
 
 Determinism: the batch order of epoch ``e`` depends only on ``(seed, e)``, and datasets with
 ``set_epoch`` (e.g. :class:`~xfusion.training.PatchDataset`) draw augmentations from
@@ -26,7 +26,7 @@ import torch
 
 from xfusion.config import check_device, check_precision
 from xfusion.errors import CheckpointError, InvalidParameterError, WeightsMismatchError
-from xfusion.training.checkpoint import load_checkpoint, save_checkpoint
+from xfusion.models.checkpoint import load_checkpoint, save_checkpoint
 from xfusion.training.datasets import make_loader
 
 __all__ = ["LOSSES", "FitResult", "fit", "masked_loss"]

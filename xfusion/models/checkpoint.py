@@ -48,7 +48,7 @@ _META_KEY = "xfusion"
 
 
 def _version() -> str:
-    from xfusion import __version__
+    from xfusion._version import __version__
 
     return __version__
 
@@ -287,3 +287,13 @@ def load_checkpoint(
             "The file was tampered with or damaged; re-save or re-download it."
         )
     return Checkpoint(path=path, metadata=meta, tensors=dict(tensors))
+
+
+def build_from_checkpoint(path: str, net: str, sha256: str | None = None) -> torch.nn.Module:
+    """Build sub-network ``net`` of an xfusion checkpoint (the engine's ModelSpec builder).
+
+    Integrity (file hash when ``sha256`` is given, payload hash always) is verified; nothing
+    is unpickled.
+    """
+    ckpt = load_checkpoint(path, expected_sha256=sha256)
+    return ckpt.build(net)
