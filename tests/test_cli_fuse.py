@@ -13,8 +13,9 @@ import xarray as xr
 from rasterio.transform import from_origin
 
 import xfusion
-from xfusion import cli
-from xfusion.cli import METHODS, MethodEntry, Param, main
+from xfusion.cli import main
+from xfusion.methods import Method, Param, available, get
+from xfusion.methods import registry as method_registry
 
 FINE_T = from_origin(500000, 4000000, 30, 30)
 COARSE_T = from_origin(499880, 4000120, 120, 120)
@@ -239,10 +240,12 @@ def test_registry_adds_a_method_with_one_entry(tifs, tmp_path, monkeypatch):
         )
 
     monkeypatch.setattr(sys.modules[__name__], "shift", shift, raising=False)
-    entry = MethodEntry(
-        target=f"{__name__}:shift", help="test", params={"offset": Param(parse=float)}
+    entry = Method(
+        name="shift", kind="fusion", function=f"{__name__}:shift", help="test", pairs="one",
+        params=(Param(name="offset", type="float"),),
     )
-    monkeypatch.setitem(METHODS, "shift", entry)
+    monkeypatch.setitem(method_registry._METHODS, "shift", entry)
+    assert "shift" in available("fusion")
     out = tmp_path / "s.tif"
     argv = fuse_args(tifs, out, "--param", "offset=1.5")
     argv[1] = "shift"
@@ -287,4 +290,4 @@ def test_cli_module_does_not_import_heavy_modules_at_import():
     code = "import sys, xfusion.cli; print(any(m in sys.modules for m in ('rioxarray', 'torch')))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
-    assert cli.METHODS["baseline"].load().__name__ == "baseline"
+    assert get("baseline").load().__name__ == "baseline"

@@ -930,8 +930,8 @@ def test_stac_presets_masks_and_bbox_errors(stac_api):
 
 
 def test_stac_unreadable_asset_names_item_and_asset(stac_api):
-    from xfusion.stac import load_cube
     from xfusion.errors import AssetReadError
+    from xfusion.stac import load_cube
 
     _, cat, scene = stac_api
     item = cat.fine_items[0].clone()

@@ -14,8 +14,8 @@ import odc.stac
 import pystac
 import pytest
 
-from xfusion.stac import band_info, load_cube
 from xfusion.errors import InvalidParameterError, VariableNotFoundError
+from xfusion.stac import band_info, load_cube
 from xfusion.testing import (
     StacCatalog,
     raise_if_dask_computes,

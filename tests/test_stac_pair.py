@@ -17,7 +17,6 @@ from odc.geo.geobox import GeoBox
 
 import xfusion
 from xfusion.cube import from_numpy
-from xfusion.stac._items import apply_affine
 from xfusion.errors import (
     CRSMismatchError,
     EmptySearchError,
@@ -26,6 +25,7 @@ from xfusion.errors import (
     TimeAxisError,
 )
 from xfusion.stac import clear_fractions, clear_pairs, clear_targets, load_pair
+from xfusion.stac._items import apply_affine
 from xfusion.testing import raise_if_dask_computes, synthetic_scene, write_stac_catalog
 from xfusion.testing._server import serve_stac_api
 from xfusion.testing._stac import write_stac_items

@@ -21,6 +21,8 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 
 import xfusion
+from xfusion.errors import InvalidParameterError, SigningError, VariableNotFoundError
+from xfusion.stac import band_info, load_cube
 from xfusion.stac.presets import (
     BandSpec,
     Preset,
@@ -30,8 +32,6 @@ from xfusion.stac.presets import (
     list_presets,
     register_preset,
 )
-from xfusion.stac import band_info, load_cube
-from xfusion.errors import InvalidParameterError, SigningError, VariableNotFoundError
 from xfusion.testing import raise_if_dask_computes
 from xfusion.testing._stac import MODIS_SINUSOIDAL_WKT, write_stac_items
 

@@ -195,15 +195,16 @@ def test_cli_parity_and_two_pairs(s600, tmp_path):
 
 
 def test_cli_registry_and_bad_params(tmp_path, capsys):
-    from xfusion.cli import METHODS, main
+    from xfusion.cli import main
+    from xfusion.methods import get
 
-    params = METHODS["starfm"].params
+    starfm_entry = get("starfm")
     issue_keys = {"max_search_distance", "resolution", "num_slice", "uncertainty_fine",
                   "uncertainty_coarse", "data_range", "fill", "preset", "mode"}  # fmt: skip
-    assert issue_keys <= set(params)
-    assert params["data_range"].convert("data_range", "0,10000") == (0.0, 10000.0)
-    assert params["data_range"].convert("data_range", "-inf,inf") == (-math.inf, math.inf)
-    assert callable(METHODS["starfm"].load())
+    assert issue_keys <= set(starfm_entry.param_names)
+    assert starfm_entry.param("data_range").parse("0,10000") == (0.0, 10000.0)
+    assert starfm_entry.param("data_range").parse("-inf,inf") == (-math.inf, math.inf)
+    assert callable(starfm_entry.load())
     argv = ["fuse", "starfm", "--fine", "2001-01-01=a.tif", "--coarse", "2001-01-01=b.tif",
             "--out", str(tmp_path / "o.tif")]  # fmt: skip
     assert main([*argv, "--param", "data_range=5"]) == 2

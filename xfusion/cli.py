@@ -1,9 +1,11 @@
 """The ``xfusion`` command line: ``xfusion fuse``, ``xfusion gapfill``, ``xfusion demo``, ``--version``.
 
 ``xfusion fuse METHOD --fine DATE=PATH ... --coarse DATE=PATH ... --out OUT`` builds a cube
-from GeoTIFFs with :func:`xfusion.cube.from_geotiffs`, runs a method from :data:`METHODS` and
-writes a GeoTIFF or a Zarr store. Adding a method to the CLI is one :class:`MethodEntry` in
-:data:`METHODS`.
+from GeoTIFFs with :func:`xfusion.cube.from_geotiffs`, runs a method of the registry
+(:mod:`xfusion.methods.registry`: its function, ``--param`` table and help) and writes a
+GeoTIFF or a Zarr store; ``xfusion super-resolve`` and ``xfusion gapfill`` read the same
+registry. A method registered there appears here with no change to this module. Nothing in
+xfusion imports this module.
 
 Exit codes: 0 on success, 2 for usage errors (unknown method, malformed ``DATE=PATH``, unknown
 or invalid ``--param``), 1 when the inputs are rejected while running (unreadable file, no
@@ -16,196 +18,13 @@ import argparse
 import importlib
 import os
 import sys
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
-from xfusion.errors import XFusionError
+from xfusion.errors import InvalidParameterError, XFusionError
+from xfusion.methods.registry import Method, available, get
 
-__all__ = ["METHODS", "MethodEntry", "Param", "build_parser", "main"]
-
-
-# --------------------------------------------------------------------------------------------
-# method registry
-
-
-def parse_bool(text: str) -> bool:
-    """Parse ``true/false/yes/no/1/0/on/off`` (case-insensitive)."""
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, found {text!r}")
-
-
-def parse_str(text: str) -> str:
-    """Return ``text`` unchanged (the identity parser)."""
-    return text
-
-
-def parse_json(text: str) -> Any:
-    """Parse a JSON value (e.g. ``{"width": 32}``)."""
-    import json
-
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f'expected JSON such as {{"width": 32}}: {err}') from None
-
-
-def parse_range(text: str) -> tuple[float, float]:
-    """Parse ``LO,HI`` (two numbers, ``inf`` allowed) into a float pair."""
-    parts = text.split(",")
-    if len(parts) != 2:
-        raise ValueError(f"expected LO,HI such as 0,10000, found {text!r}")
-    return float(parts[0]), float(parts[1])
-
-
-@dataclass(frozen=True, kw_only=True)
-class Param:
-    """One ``--param KEY=VALUE`` a method accepts."""
-
-    parse: Callable[[str], Any] = parse_str
-    """Turns the text into the keyword value (``int``, ``float``, :func:`parse_bool`...);
-    raising ``ValueError`` marks the value invalid."""
-    help: str = ""
-    """One line shown by ``xfusion fuse --help``."""
-    choices: tuple[str, ...] | None = None
-    """Allowed texts, when the value is one of a fixed set."""
-
-    def convert(self, key: str, text: str) -> Any:
-        """Parse ``text``; raise ``ValueError`` with a readable message when invalid."""
-        if self.choices is not None and text not in self.choices:
-            raise ValueError(
-                f"invalid value {text!r} for {key}; choose one of {list(self.choices)}"
-            )
-        try:
-            return self.parse(text)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"invalid value {text!r} for {key}: {err}") from None
-
-
-@dataclass(frozen=True, kw_only=True)
-class MethodEntry:
-    """A fusion method as the CLI sees it: where the function lives and its parameters.
-
-    The function is called as ``func(ds, fine=..., coarse=..., targets=..., **params)``.
-    """
-
-    target: str
-    """``"module:function"``, imported when the method runs (keeps ``--help`` fast)."""
-    help: str
-    """One line shown in ``xfusion fuse --help``."""
-    params: Mapping[str, Param] = field(default_factory=dict)
-    """Keyword parameters settable with ``--param KEY=VALUE``."""
-    weights: bool = False
-    """Whether the method accepts ``--weights PATH`` (trained models), passed as ``weights=``."""
-
-    def load(self) -> Callable[..., Any]:
-        """Import and return the method function."""
-        module, _, attr = self.target.partition(":")
-        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
-
-
-METHODS: dict[str, MethodEntry] = {
-    "baseline": MethodEntry(
-        target="xfusion.methods.baseline:baseline",
-        help="naive baselines: fine at the pair, or fine plus the coarse change",
-        params={
-            "method": Param(
-                choices=("fine-plus-change", "fine-at-pair"),
-                help="fine-plus-change (default): L1 + (M2 - M1); fine-at-pair: L1",
-            ),
-            "pairs": Param(
-                help="nearest (default), before, after, or one pair date YYYY-MM-DD",
-            ),
-        },
-    ),
-    "starfm": MethodEntry(
-        target="xfusion.methods.starfm:_starfm_cli",
-        help="STARFM (Gao et al. 2006), exact to USDA v1.2.1 in mode=reference; fine dates on "
-        "both sides of a target use both pairs",
-        params={
-            "preset": Param(
-                choices=("usda", "reflectance", "lst"),
-                help="usda (default: reflectance x1e4, reference mode), reflectance (0..1), "
-                "lst (kelvin)",
-            ),
-            "mode": Param(
-                choices=("reference", "float"),
-                help="reference (USDA v1.2.1 rounding) or float; default from the preset",
-            ),
-            "max_search_distance": Param(parse=float, help="search distance in metres (usda: 750)"),
-            "resolution": Param(
-                parse=float, help="pixel size in metres (default from the grid; needed for degrees)"
-            ),
-            "num_slice": Param(parse=int, help="NUM_SLICE_PURE_TEST (usda: 40)"),
-            "uncertainty_fine": Param(parse=float, help="fine (Landsat) uncertainty (usda: 50)"),
-            "uncertainty_coarse": Param(parse=float, help="coarse (MODIS) uncertainty (usda: 50)"),
-            "data_range": Param(parse=parse_range, help="LO,HI valid data range (usda: 0,10000)"),
-            "distance_offset": Param(parse=float, help="the +1 of the distance term (usda: 1)"),
-            "fill": Param(
-                parse=float, help="FILL value: inputs equal to it are nodata (usda: -9999)"
-            ),
-            "pairs": Param(
-                help="bracket (default with fine dates on both sides of every target), nearest "
-                "(the pair before; default otherwise), before, after, or a pair date YYYY-MM-DD",
-            ),
-            "device": Param(help="auto (default: CUDA when present), cpu, cuda or cuda:N"),
-        },
-    ),
-    "sttfn": MethodEntry(
-        target="xfusion.methods.sttfn:_sttfn_cli",
-        help="STTFN (Yin et al. 2021): forward/backward CNNs trained on the pairs before and "
-        "after each target, combined by consistency weighting; --weights applies trained nets",
-        params={
-            "epochs": Param(parse=int, help="training epochs per net (default 30)"),
-            "seed": Param(parse=int, help="seed of the training (default 0)"),
-            "patch_size": Param(parse=int, help="training patch size in pixels (default 48)"),
-            "patches": Param(parse=int, help="random training patches per net (default 128)"),
-            "batch_size": Param(parse=int, help="patches per optimizer step (default 16)"),
-            "lr": Param(parse=float, help="Adam learning rate (default 1e-3)"),
-            "val_fraction": Param(
-                parse=float, help="share of the scene held out for early stopping (default 0.1)"
-            ),
-            "patience": Param(parse=int, help="early-stopping patience in epochs (default 8)"),
-            "min_valid": Param(
-                parse=float, help="min observed fraction in every input of a patch (default 0.5)"
-            ),
-            "temporal_mix": Param(
-                parse=float, help="share of time-interpolated training items (default 1.0)"
-            ),
-            "target_offset": Param(
-                parse=float,
-                help="std of random target offsets in training, in band stds (default 0.3)",
-            ),
-            "combine": Param(
-                choices=("stc", "time", "stc-time"),
-                help="consistency weighting (default), temporal distance, or both",
-            ),
-            "stc_scale": Param(
-                choices=("fine", "coarse"),
-                help="consistency weighting per fine pixel (default) or per coarse cell",
-            ),
-            "coarse_factor": Param(
-                parse=int, help="coarse pixel size in fine pixels (for stc_scale=coarse)"
-            ),
-            "arch": Param(help="architecture (default xfusion-v1)"),
-            "arch_params": Param(
-                parse=parse_json, help='architecture parameters as JSON, e.g. {"width": 32}'
-            ),
-            "save": Param(help="folder to save each triplet's trained nets (.safetensors)"),
-            "device": Param(help="auto (default: CUDA when present), cpu, cuda or cuda:N"),
-            "precision": Param(
-                choices=("float32", "bf16", "fp16"), help="autocast precision on CUDA"
-            ),
-        },
-        weights=True,
-    ),
-}
-"""Method name → :class:`MethodEntry`. Later methods (``starfm``, ``sttfn``...) add one entry."""
+__all__ = ["build_parser", "main"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,23 +81,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _methods_help() -> str:
+def _methods_help(kind: str) -> str:
     lines = ["methods and their --param keys:"]
-    for name, entry in METHODS.items():
-        lines.append(f"  {name}: {entry.help}")
-        for key, p in entry.params.items():
-            lines.append(f"      {key}=...  {p.help}")
-    return "\n".join(lines)
-
-
-def _sr_methods_help() -> str:
-    from xfusion.methods.super_resolve import _cli_params
-
-    lines = ["--param keys per method:"]
-    for name, params in _cli_params().items():
-        lines.append(f"  {name}:" + ("" if params else " (none)"))
-        for key, p in params.items():
-            lines.append(f"      {key}=...  {p.help}")
+    for name in available(kind):
+        m = get(name)
+        lines.append(f"  {name}: {m.help}")
+        lines.extend(f"      {p.name}=...  {p.help}" for p in m.params)
     return "\n".join(lines)
 
 
@@ -309,11 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         "fuse",
         help="fuse fine and coarse GeoTIFFs with a method",
         description="Build a cube from dated GeoTIFFs, predict fine images at target dates\n"
-        "and write them to a GeoTIFF or a Zarr store.\n\n" + _methods_help(),
+        "and write them to a GeoTIFF or a Zarr store.\n\n" + _methods_help("fusion"),
         epilog=_FUSE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fuse.add_argument("method", metavar="METHOD", help=f"one of {sorted(METHODS)}")
+    fuse.add_argument("method", metavar="METHOD", help=f"one of {available('fusion')}")
     fuse.add_argument(
         "--fine",
         metavar="DATE=PATH",
@@ -367,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         default=None,
         help="trained weights (.safetensors) or a registered name, for learned methods "
-        f"({', '.join(n for n, e in METHODS.items() if e.weights)}): no training",
+        f"({', '.join(n for n in available('fusion') if get(n).weights)}): no training",
     )
     fuse.set_defaults(handler=_cmd_fuse, subparser=fuse)
 
@@ -381,10 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Methods: sif-sr1, sif-sr2 (SIF-CNN-SR; without --weights they first train\n"
         "self-supervised on the scene, --param epochs=N), dms (regression trees), bicubic,\n"
         "harmonize (Landsat-8 6 bands -> Sentinel-2-like, needs --weights).\n\n"
-        + _sr_methods_help(),
+        + _methods_help("super-resolve"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sr.add_argument("method", metavar="METHOD", help="sif-sr1, sif-sr2, dms, bicubic or harmonize")
+    sr.add_argument("method", metavar="METHOD", help=", ".join(available("super-resolve")))
     sr.add_argument(
         "--coarse",
         metavar="C.tif",
@@ -536,22 +344,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 # commands
 
 
-def _method_params(
-    entry: MethodEntry, name: str, pairs: Sequence[tuple[str, str]]
-) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for key, text in pairs:
-        if key not in entry.params:
-            raise _UsageError(
-                f"unknown --param {key!r} for method {name!r}; valid keys: {sorted(entry.params)}"
-            )
-        if key in params:
-            raise _UsageError(f"--param {key!r} is given twice; give it once")
-        try:
-            params[key] = entry.params[key].convert(key, text)
-        except ValueError as err:
-            raise _UsageError(f"--param {err}") from None
-    return params
+def _method(name: str, kind: str, what: str = "METHOD") -> Method:
+    if name not in available(kind):
+        choices = available(kind) if kind == "super-resolve" else sorted(available(kind))
+        raise _UsageError(f"unknown {what} {name!r}; choose one of {choices}")
+    return get(name)
+
+
+def _method_params(method: Method, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    try:
+        return method.parse_params(pairs)
+    except InvalidParameterError as err:
+        raise _UsageError(str(err)) from None
 
 
 def _out_format(path: str) -> str:
@@ -568,13 +372,11 @@ def _role_names(ds: Any, prefix: str) -> list[str]:
 
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
-    if args.method not in METHODS:
-        raise _UsageError(f"unknown METHOD {args.method!r}; choose one of {sorted(METHODS)}")
-    entry = METHODS[args.method]
-    params = _method_params(entry, args.method, args.param)
+    entry = _method(args.method, "fusion")
+    params = _method_params(entry, args.param)
     if getattr(args, "weights", None) is not None:
         if not entry.weights:
-            learned = sorted(n for n, e in METHODS.items() if e.weights)
+            learned = sorted(n for n in available("fusion") if get(n).weights)
             raise _UsageError(
                 f"--weights applies to learned methods ({learned}), not {args.method!r}"
             )
@@ -601,6 +403,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         **params,
     )
     if fmt == "tif":
+        from xfusion.io.geotiff import write_geotiff
+
         write_geotiff(out, args.out)
     else:
         _write_zarr(out, args.out)
@@ -609,46 +413,6 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_geotiff(out: Any, path: str) -> None:
-    """Write a method's result Dataset as one float32 GeoTIFF, one band per (target, variable).
-
-    Bands are ordered target-major; descriptions are ``YYYY-MM-DD`` (one variable) or
-    ``YYYY-MM-DD/<variable>``. NaN is the nodata value. Dask inputs are written chunk by chunk.
-    """
-    import dask
-    import numpy as np
-    import rioxarray  # noqa: F401  (registers .rio)
-    import xarray as xr
-
-    from xfusion.cube.validate import get_geobox, spatial_dims
-
-    ydim, xdim = spatial_dims(out, name="result")
-    gbox = get_geobox(out, name="result")
-    names = list(out.data_vars)
-    dates = [str(np.datetime64(t, "D")) for t in out.indexes["time"].values]
-    layers, descriptions = [], []
-    for k, date in enumerate(dates):
-        for n in names:
-            layers.append(out[n].isel(time=k).transpose(ydim, xdim).astype(np.float32).data)
-            descriptions.append(date if len(names) == 1 else f"{date}/{n}")
-    if any(dask.is_dask_collection(a) for a in layers):
-        import dask.array as da
-
-        data = da.stack([a if dask.is_dask_collection(a) else da.asarray(a) for a in layers])
-    else:
-        data = np.stack(layers)
-    arr = xr.DataArray(
-        data,
-        dims=("band", ydim, xdim),
-        coords={"band": np.arange(1, len(layers) + 1), ydim: out[ydim], xdim: out[xdim]},
-        attrs={"long_name": tuple(descriptions)},
-    )
-    arr = arr.rio.set_spatial_dims(x_dim=xdim, y_dim=ydim, inplace=False)
-    arr = arr.rio.write_crs(gbox.crs.to_wkt(), inplace=False)
-    arr = arr.rio.write_transform(gbox.affine, inplace=False)
-    arr = arr.rio.write_nodata(np.nan, encoded=False, inplace=False)
-    lock = threading.Lock() if dask.is_dask_collection(data) else None
-    arr.rio.to_raster(path, dtype="float32", tiled=True, lock=lock, compute=True)
 
 
 def _write_zarr(out: Any, path: str) -> None:
@@ -658,9 +422,66 @@ def _write_zarr(out: Any, path: str) -> None:
 
 
 def _cmd_super_resolve(args: argparse.Namespace) -> int:
-    from xfusion.methods.super_resolve import run_cli
+    import xarray as xr
 
-    return run_cli(args, usage_error=_UsageError)
+    from xfusion.config import EngineConfig
+    from xfusion.cube.validate import spatial_dims
+    from xfusion.io.geotiff import bands_dataset, read_geotiff, write_bands
+
+    method = args.method
+    entry = _method(method, "super-resolve")
+    params = _method_params(entry, args.param)
+    low = args.out.lower()
+    if not low.endswith((".tif", ".tiff")):
+        raise _UsageError(f"--out must end in .tif or .tiff, found {args.out!r}")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise _UsageError(f"--out {args.out!r} exists; pass --overwrite to replace it")
+    if "guide" in entry.needs and args.guide is None:
+        raise _UsageError(f"method {method!r} needs --guide G.tif (fine bands, e.g. NDVI)")
+    if "weights" in entry.needs and not args.weights:
+        raise _UsageError(
+            "method 'harmonize' needs --weights W (train them on Landsat/Sentinel-2 pairs with "
+            "xfusion.methods.harmonize.train_harmonizer)"
+        )
+    coarse = read_geotiff(args.coarse, chunks=args.chunks, role="coarse")
+    guide = None
+    if args.guide is not None:
+        g = read_geotiff(args.guide, chunks=args.chunks * (args.scale or 1), role="guide")
+        guide = g.isel(band=0, drop=True).rename("guide") if g.sizes["band"] == 1 else \
+            bands_dataset(g)
+    device = params.pop("device", "auto")
+    weights: Any = args.weights[0] if args.weights and len(args.weights) == 1 else args.weights
+    engine = None
+    if method == "harmonize":
+        from xfusion.methods.harmonize import L8_BANDS, harmonize
+
+        ds = bands_dataset(coarse, default=L8_BANDS)
+        out: xr.DataArray | xr.Dataset = harmonize(ds, weights=weights, guide=guide,
+                                                   scale=args.scale, device=device, **params)
+    else:
+        from xfusion.methods.super_resolve import super_resolve, train_sif_sr
+
+        lst = coarse.isel(band=0, drop=True).rename("lst")
+        if method in ("sif-sr1", "sif-sr2"):
+            tile = params.pop("tile", 512)
+            engine = EngineConfig(tile=tile, device=device)
+            if weights is None:
+                wpath = os.path.splitext(args.out)[0] + ".weights.safetensors"
+                kw = {"epochs": 30, **params}
+                print(f"xfusion: no --weights: training {method} self-supervised on the scene "
+                      f"({kw['epochs']} epochs) ...")
+                weights = train_sif_sr(lst, guide=guide, scale=args.scale, method=method,
+                                       out=wpath, device=device, **kw)
+                print(f"xfusion: saved weights to {weights}")
+            params = {}
+        out = super_resolve(lst, guide=guide, scale=args.scale, method=method, weights=weights,
+                            params=params or None, engine=engine, device=device)
+    write_bands(out, args.out)
+    n = len(out.data_vars) if isinstance(out, xr.Dataset) else 1
+    ydim, xdim = spatial_dims(out)
+    print(f"xfusion: wrote {n} band(s) of {out.sizes[ydim]} x {out.sizes[xdim]} px ({method}) "
+          f"to {args.out}")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -672,33 +493,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------
 # gapfill (issue 7): optical time series gap filling, optionally SAR-guided
-
-GAPFILL_PARAMS: dict[str, dict[str, Param]] = {
-    "stori": {
-        "variant": Param(
-            choices=("fixed", "faithful"),
-            help="fixed (default) or faithful (the public code's behaviour)",
-        ),
-        "epochs": Param(parse=int, help="maximum training epochs (fixed: 100, faithful: 250)"),
-        "hidden": Param(parse=int, help="LSTM hidden size (default 96)"),
-        "seed": Param(parse=int, help="training seed (default 0)"),
-        "batch_size": Param(parse=int, help="pixels per optimizer step (default 256)"),
-        "train_pixels": Param(parse=int, help="at most this many training pixels (default 8192)"),
-        "time_budget": Param(parse=float, help="stop training after this many seconds"),
-        "device": Param(help="auto (default: CUDA when present), cpu, cuda or cuda:N"),
-    },
-    "linear": {},
-    "savgol": {
-        "window": Param(parse=int, help="Savitzky-Golay window in steps (default 7)"),
-        "polyorder": Param(parse=int, help="Savitzky-Golay order (default 2)"),
-    },
-    "harmonic": {
-        "harmonics": Param(parse=int, help="number of harmonics (default 2)"),
-        "period": Param(parse=float, help="base period in days (default 365.25)"),
-        "trend": Param(parse=parse_bool, help="add a linear trend (default false)"),
-    },
-}
-"""``xfusion gapfill`` method → its ``--param`` keys."""
 
 _GAPFILL_EPILOG = """
 inputs (one of):
@@ -717,22 +511,13 @@ output layout:
 """
 
 
-def _gapfill_methods_help() -> str:
-    lines = ["methods and their --param keys:"]
-    for name, params in GAPFILL_PARAMS.items():
-        lines.append(f"  {name}")
-        for key, p in params.items():
-            lines.append(f"      {key}=...  {p.help}")
-    return "\n".join(lines)
-
-
 def _add_gapfill_parser(sub: Any) -> None:
     gap = sub.add_parser(
         "gapfill",
         help="fill the gaps of optical time series (STORI, linear, savgol, harmonic)",
         description="Fill the missing steps of every pixel's optical series (observed values\n"
         "are kept), optionally guided by SAR (method stori), and write the filled series,\n"
-        "what was filled and an uncertainty.\n\n" + _gapfill_methods_help(),
+        "what was filled and an uncertainty.\n\n" + _methods_help("gapfill"),
         epilog=_GAPFILL_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -767,7 +552,7 @@ def _add_gapfill_parser(sub: Any) -> None:
         help="SAR feature variable in --input (repeat for each)",
     )
     gap.add_argument(
-        "--method", default="stori", help="stori (default), linear, savgol or harmonic"
+        "--method", default="stori", help=f"{', '.join(available('gapfill'))} (default stori)"
     )
     gap.add_argument("--out", metavar="PATH", required=True, help="output PATH.zarr or PATH.tif")
     gap.add_argument(
@@ -856,14 +641,8 @@ def _gapfill_cube(args: argparse.Namespace) -> tuple[Any, str, list[str]]:
 
 
 def _cmd_gapfill(args: argparse.Namespace) -> int:
-    if args.method not in GAPFILL_PARAMS:
-        raise _UsageError(
-            f"unknown --method {args.method!r}; choose one of {sorted(GAPFILL_PARAMS)}"
-        )
-    entry = MethodEntry(
-        target="xfusion.methods.gapfill:gapfill", help="", params=GAPFILL_PARAMS[args.method]
-    )
-    params = _method_params(entry, args.method, args.param)
+    entry = _method(args.method, "gapfill", what="--method")
+    params = _method_params(entry, args.param)
     fmt = _out_format(args.out)
     if os.path.exists(args.out) and not args.overwrite:
         raise _UsageError(f"--out {args.out!r} exists; pass --overwrite to replace it")
@@ -896,6 +675,8 @@ def _cmd_gapfill(args: argparse.Namespace) -> int:
     if fmt == "zarr":
         _write_zarr(out, args.out)
     else:
+        from xfusion.io.geotiff import write_geotiff
+
         base = args.out[: args.out.lower().rfind(".tif")]
         write_geotiff(out[[optical]], args.out)
         write_geotiff(out[[f"{optical}_uncertainty"]], f"{base}_uncertainty.tif")

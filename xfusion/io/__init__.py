@@ -1,7 +1,18 @@
-"""Input/output: Zarr writes that keep the CRS, and resumable tile-by-tile writes."""
+"""Input/output: Zarr writes that keep the CRS, resumable tile-by-tile writes, GeoTIFFs."""
 
 from __future__ import annotations
 
+from xfusion.io.geotiff import bands_dataset, read_geotiff, write_bands, write_geotiff
 from xfusion.io.zarr import TiledWriteReport, open_zarr, tile_status, to_zarr, write_tiled
 
-__all__ = ["TiledWriteReport", "open_zarr", "tile_status", "to_zarr", "write_tiled"]
+__all__ = [
+    "TiledWriteReport",
+    "bands_dataset",
+    "open_zarr",
+    "read_geotiff",
+    "tile_status",
+    "to_zarr",
+    "write_bands",
+    "write_geotiff",
+    "write_tiled",
+]

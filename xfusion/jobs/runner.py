@@ -235,30 +235,15 @@ def _output_crs(job: Job, aoi: Any) -> Any:
 
 
 def _margin(job: Job, resolution: float) -> int:
+    """The job's margin, or (``"auto"``) the method's halo rule from the registry."""
     if job.margin != "auto":
         return int(job.margin)
-    if job.method == "starfm":
-        from xfusion.methods.starfm import STARFM_PRESETS
+    from xfusion.methods import get
 
-        preset = job.params.get("preset") or "usda"
-        if preset not in STARFM_PRESETS:
-            raise JobError(
-                f"Job params: STARFM preset {preset!r} is unknown; use one of "
-                f"{sorted(STARFM_PRESETS)}."
-            )
-        dist = job.params.get("max_search_distance") or STARFM_PRESETS[preset].max_search_distance
-        return math.ceil(float(dist) / resolution) + 1
-    if job.method == "sttfn":
-        if job.weights is not None:
-            from xfusion.models.checkpoint import read_metadata
-
-            return int(read_metadata(job.weights).get("halo", 0)) + 3
-        from xfusion.models.registry import build_model
-
-        arch = job.params.get("arch") or "xfusion-v1"
-        net = build_model(arch, 1, **dict(job.params.get("arch_params") or {}))
-        return int(getattr(net, "halo", 0)) + 3
-    return 0
+    try:
+        return get(job.method).job_halo(job.params, resolution=resolution, weights=job.weights)
+    except InvalidParameterError as err:
+        raise JobError(f"Job params: {err}") from None
 
 
 def _variables(job: Job) -> tuple[str, ...]:
@@ -627,9 +612,11 @@ def _groups(
 ) -> list[tuple[list[int], dict[str, Any]]]:
     """Split the targets by the pair rule they can use: ``[(positions, extra kwargs)]``.
 
-    STTFN needs a pair on both sides. STARFM without ``pairs`` uses both pairs where a target
+    From the registry's :attr:`~xfusion.methods.Method.pairs`: ``"two"`` (STTFN) needs a pair
+    on both sides; ``"one-or-two"`` (STARFM) without ``pairs`` uses both pairs where a target
     has them and else the one pair it has (before, or after); with ``pairs`` set, the targets
-    that rule can serve. The baselines' ``"nearest"`` takes before, else after.
+    that rule can serve. ``"nearest"`` is the method's one-pair rule (baselines: before, else
+    after; STARFM: before).
     """
     pairs = times[f_obs]
     side = {}
@@ -639,10 +626,13 @@ def _groups(
     both = [i for i, (b, a) in side.items() if b and a]
     only_b = [i for i, (b, a) in side.items() if b and not a]
     only_a = [i for i, (b, a) in side.items() if a and not b]
-    if job.method == "sttfn":
+    from xfusion.methods import get
+
+    method = get(job.method)
+    if method.pairs == "two":
         return [(both, {})] if both else []
     rule = job.params.get("pairs")
-    if job.method == "starfm" and rule is None:
+    if method.pairs == "one-or-two" and rule is None:
         groups = [
             (both, {"pairs": "bracket"}),
             (only_b, {"pairs": "before"}),
@@ -650,8 +640,8 @@ def _groups(
         ]
         return [(g, kw) for g, kw in groups if g]
     rule = "nearest" if rule is None else rule
-    if job.method == "starfm" and rule == "nearest":
-        rule = "before"  # STARFM's (USDA's) one-pair rule
+    if rule == "nearest":
+        rule = method.one_pair_rule  # STARFM's (USDA's) one-pair rule is "before"
     if not isinstance(rule, str) or rule not in ("nearest", "before", "after", "bracket"):
         return [([int(i) for i in targets], {})]  # explicit pair dates: the method checks them
     ok = {
@@ -720,7 +710,7 @@ def _run_tile(payload: Mapping[str, Any]) -> dict[str, Any]:
     import xarray as xr
     from odc.geo.geobox import GeoBox
 
-    from xfusion.cli import METHODS
+    from xfusion.methods import get
     from xfusion.stac import load_pair
 
     t0 = _time.perf_counter()
@@ -815,9 +805,10 @@ def _run_tile(payload: Mapping[str, Any]) -> dict[str, Any]:
         kw = dict(job.params)
         if job.weights is not None:
             kw["weights"] = job.weights
-        if job.method == "sttfn":
-            kw.setdefault("progress", False)
-        func = METHODS[job.method].load()
+        method = get(job.method)
+        if method.progress_param is not None:
+            kw.setdefault(method.progress_param, False)
+        func = method.load()
         parts = []
         for tidx, extra in groups:
             part = func(

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xfusion.errors import JobError
+from xfusion.errors import JobError, XFusionError
 
 __all__ = ["Job", "load_job"]
 
@@ -199,11 +199,13 @@ class Job:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        from xfusion.cli import METHODS
+        from xfusion.methods import available, get
 
         set_ = object.__setattr__
-        if self.method not in METHODS:
-            raise _fail("method", self.method, f"Use one of {sorted(METHODS)}.")
+        fusion = available(kind="fusion")
+        if self.method not in fusion:
+            raise _fail("method", self.method, f"Use one of {sorted(fusion)}.")
+        method = get(self.method)
         if not isinstance(self.store, str | os.PathLike) or not str(self.store):
             raise _fail("store", self.store, "Give the output Zarr path, e.g. 'out.zarr'.")
         set_(self, "store", os.fspath(self.store))
@@ -254,22 +256,26 @@ class Job:
                     f"{key!r} is a job field, not a method parameter: move it out of `params`.",
                 )
         if self.weights is not None:
-            if not METHODS[self.method].weights:
-                learned = sorted(n for n, e in METHODS.items() if e.weights)
+            if not method.weights:
+                learned = sorted(n for n in fusion if get(n).weights)
                 raise _fail(
                     "weights",
                     self.weights,
                     f"Weights apply to learned methods ({learned}), not {self.method!r}.",
                 )
             set_(self, "weights", os.fspath(self.weights))
-        unknown = sorted(set(self.params) - set(METHODS[self.method].params) - {"progress"})
+        unknown = sorted(set(self.params) - set(method.param_names) - {"progress"})
         if unknown:
             raise _fail(
                 "params",
                 dict(self.params),
                 f"Unknown parameter(s) {unknown} for "
-                f"{self.method!r}; valid: {sorted(METHODS[self.method].params)}.",
+                f"{self.method!r}; valid: {sorted(method.param_names)}.",
             )
+        try:
+            set_(self, "params", method.check_params(self.params, extra=("progress",)))
+        except XFusionError as err:
+            raise _fail("params", dict(self.params), str(err)) from None
         if self.anchor not in ANCHORS:
             raise _fail("anchor", self.anchor, f"Use one of {list(ANCHORS)}.")
         if not isinstance(self.resolution, int | float) or self.resolution <= 0:

@@ -1068,6 +1068,18 @@ def _astype(block: np.ndarray, *, target: str) -> np.ndarray:
     return block.astype(target, copy=False)
 
 
+def job_halo(params: Mapping[str, Any], *, resolution: float, weights: str | None = None) -> int:
+    """Pixels a job tile reads around itself: the search distance of the preset (or
+    ``max_search_distance``), plus one pixel (the registry's halo rule for STARFM)."""
+    preset = params.get("preset") or "usda"
+    if preset not in STARFM_PRESETS:
+        raise InvalidParameterError(
+            f"STARFM preset {preset!r} is unknown; use one of {sorted(STARFM_PRESETS)}."
+        )
+    dist = params.get("max_search_distance") or STARFM_PRESETS[preset].max_search_distance
+    return math.ceil(float(dist) / resolution) + 1
+
+
 def _starfm_cli(ds: xr.Dataset, /, *, pairs: Any = None, **kwargs: Any) -> xr.Dataset:
     """CLI entry: like :func:`starfm`, but with two-pair mode when the pairs allow it.
 

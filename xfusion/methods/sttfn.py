@@ -1206,6 +1206,20 @@ def train_sttfn(
     return trained
 
 
+def job_halo(params: Mapping[str, Any], *, resolution: float, weights: str | None = None) -> int:
+    """Pixels a job tile reads around itself: the nets' receptive field (from the trained
+    weights' metadata, else the architecture's), plus three (the registry's halo rule)."""
+    if weights is not None:
+        from xfusion.models.checkpoint import read_metadata
+
+        return int(read_metadata(weights).get("halo", 0)) + 3
+    from xfusion.models.registry import build_model
+
+    arch = params.get("arch") or "xfusion-v1"
+    net = build_model(arch, 1, **dict(params.get("arch_params") or {}))
+    return int(getattr(net, "halo", 0)) + 3
+
+
 def _sttfn_cli(ds: xr.Dataset, /, **kwargs: Any) -> xr.Dataset:
     """CLI entry: :func:`sttfn` with the CLI's ``--param`` values (progress on a terminal)."""
     kwargs.setdefault("progress", True)
