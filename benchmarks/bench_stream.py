@@ -17,8 +17,9 @@ import time
 
 
 def _stream(size: int, chunk: int, store: str) -> dict:
+    from xfusion import apply_model
     from xfusion.config import EngineConfig
-    from xfusion.engine import ModelSpec, apply_model
+    from xfusion.engine import ModelSpec
     from xfusion.io import write_tiled
     from xfusion.testing import synthetic_scene
 

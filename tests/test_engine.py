@@ -8,8 +8,9 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from xfusion import apply_model
 from xfusion.config import EngineConfig
-from xfusion.engine import ModelSpec, apply_model, map_blocks_halo, map_model
+from xfusion.engine import ModelSpec, map_blocks_halo, map_model
 from xfusion.engine.tiling import block_halos, split_axis, tiles_2d
 from xfusion.errors import InvalidParameterError
 from xfusion.testing import raise_if_dask_computes

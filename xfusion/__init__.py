@@ -9,6 +9,7 @@ from __future__ import annotations
 from xfusion import accessor as _accessor  # noqa: F401  (registers .fusion)
 from xfusion import errors
 from xfusion._version import __version__
+from xfusion.apply import apply_model
 from xfusion.cube import combine, from_geotiffs, from_numpy, mark_observed, validate_cube
 from xfusion.jobs import Job, cluster, load_job, run
 from xfusion.methods.baseline import baseline
@@ -44,6 +45,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "Job",
     "__version__",
+    "apply_model",
     "baseline",
     "cluster",
     "combine",

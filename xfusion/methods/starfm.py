@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, astuple, dataclass, replace
@@ -25,7 +24,6 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import xarray as xr
 
-from xfusion._compat import has
 from xfusion.config import check_device
 from xfusion.cube.validate import TIME, get_geobox, get_nodata, observed_times, require_same_grid
 from xfusion.engine.run import map_blocks_halo
@@ -407,33 +405,17 @@ def _thresholds_block(
 # the block function (runs in the worker)
 
 
-@cache
 def _cuda_available() -> bool:
-    """True when this process can use CUDA through torch (without importing torch needlessly)."""
-    if "torch" not in sys.modules:
-        if not has("torch"):
-            return False
-        if not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia")):
-            return False
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
+    from xfusion.engine.device import cuda_available
+
+    return cuda_available()
 
 
 def _torch_device(device: str) -> str | None:
     """The torch device to run on, or None for the numba CPU kernel (resolved in the worker)."""
-    if device == "cpu":
-        return None
-    if device == "auto":
-        return "cuda" if _cuda_available() else None
-    if device.startswith("cuda") and not _cuda_available():
-        raise InvalidParameterError(
-            f"starfm(device={device!r}) but this worker has no CUDA device (or no torch with "
-            "CUDA). Use device='auto' to fall back to the CPU kernel."
-        )
-    return device
+    from xfusion.engine.device import kernel_device
+
+    return kernel_device(device, who="starfm")
 
 
 def _to_output(

@@ -46,6 +46,7 @@ import xarray as xr
 
 from xfusion.config import EngineConfig
 from xfusion.cube.validate import get_geobox, get_nodata, spatial_dims
+from xfusion.engine.device import resolve_device
 from xfusion.errors import (
     CRSMismatchError,
     GridMismatchError,
@@ -680,12 +681,6 @@ def _sif_predict(inp: _Inputs, w: _SifWeights, *, method: str, engine: EngineCon
 # training (self-supervised, on patches of the cube)
 
 
-def _resolve_device(device: str) -> torch.device:
-    from xfusion.engine.device import resolve_device
-
-    return resolve_device(device)
-
-
 @dataclass
 class _TrainResult:
     best_epoch: int
@@ -1038,7 +1033,7 @@ def train_sif_sr(
     model = SIFUNet(in_channels=1 + ng, width=width, global_skip=global_skip)
     res = _train_loop(model, train_batches=train_batches, val_batches=val_batches,
                       loss_fn=loss_fn, epochs=epochs, lr=hp["lr"], patience=hp["patience"],
-                      device=_resolve_device(device), seed=seed, verbose=verbose,
+                      device=resolve_device(device), seed=seed, verbose=verbose,
                       time_limit=time_limit,
                       freeze_bn_after=(max(1, epochs // 3) if freeze_bn_after == "auto"
                                        else freeze_bn_after))

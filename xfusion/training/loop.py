@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from xfusion.config import check_device, check_precision
+from xfusion.config import check_precision
+from xfusion.engine.device import resolve_device
 from xfusion.errors import CheckpointError, InvalidParameterError, WeightsMismatchError
 from xfusion.models.checkpoint import load_checkpoint, save_checkpoint
 from xfusion.training.datasets import make_loader
@@ -93,18 +94,6 @@ def masked_loss(
         raise InvalidParameterError(f"Unknown loss {kind!r}. Choose one of {list(LOSSES)!r}.")
     per = torch.where(mask, per, torch.zeros((), device=pred.device))
     return per.sum(), mask.sum().float()
-
-
-def _resolve_device(device: str) -> torch.device:
-    check_device(device)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidParameterError(
-            f"device={device!r} was requested but CUDA is not available. Use device='auto' "
-            "to fall back to the CPU."
-        )
-    return torch.device(device)
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -260,7 +249,7 @@ def fit(
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise InvalidParameterError(f"fit(): lr must be a finite number > 0, found {lr!r}.")
     check_precision(precision)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     model.to(dev)
