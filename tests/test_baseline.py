@@ -14,7 +14,7 @@ from odc.geo.geobox import GeoBox
 
 import xfusion
 from xfusion.cube import from_geotiffs, from_numpy, get_geobox
-from xfusion.methods._common import (
+from xfusion.cube.roles import (
     float_data,
     resolve_roles,
     select_bracket,

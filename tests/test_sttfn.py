@@ -390,7 +390,7 @@ class _Items:
 
 
 def test_temporal_mix_interpolates_inputs_and_target_alike():
-    from xfusion.methods.sttfn import _TemporalMix
+    from xfusion.training.sttfn import _TemporalMix
 
     base = _Items(5, seed=0)
     mix = _TemporalMix(base, nb=2, share=1.0, seed=3)
@@ -454,7 +454,7 @@ def test_bad_combine_and_target_offset():
 
 
 def test_target_offset_shifts_target_coarse_and_fine_alike():
-    from xfusion.methods.sttfn import _TemporalMix
+    from xfusion.training.sttfn import _TemporalMix
 
     base = _Items(6, seed=1)
     aug = _TemporalMix(base, nb=2, share=0.0, seed=5, offset_std=[1.0, 10.0])

@@ -2,7 +2,7 @@
 
 They are the yardsticks every fusion method must beat, and the simplest examples of the
 method conventions (roles, target/pair selection, lazy result assembly) of
-:mod:`xfusion.methods._common`.
+:mod:`xfusion.cube.roles`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import xarray as xr
 
-from xfusion.methods._common import (
+from xfusion.cube.roles import (
     PairRule,
     apply_blockwise,
     assemble_result,

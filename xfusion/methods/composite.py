@@ -29,9 +29,9 @@ import numpy as np
 import xarray as xr
 
 from xfusion.cube.build import to_datetime64
+from xfusion.cube.roles import require_choice
 from xfusion.cube.validate import TIME, get_nodata, require_time, require_vars, spatial_dims
 from xfusion.errors import InvalidParameterError, TimeAxisError
-from xfusion.methods._common import require_choice
 
 __all__ = [
     "ANCHORS",

@@ -38,6 +38,7 @@ import numpy as np
 import xarray as xr
 
 from xfusion.config import check_device
+from xfusion.cube.roles import as_names, float_data, require_choice
 from xfusion.cube.validate import (
     TIME,
     get_geobox,
@@ -57,7 +58,6 @@ from xfusion.errors import (
     VariableNotFoundError,
     WeightsMismatchError,
 )
-from xfusion.methods._common import as_names, float_data, require_choice
 from xfusion.models.registry import STORI_ARCH
 
 if TYPE_CHECKING:

@@ -25,15 +25,7 @@ import numpy as np
 import xarray as xr
 
 from xfusion.config import check_device
-from xfusion.cube.validate import TIME, get_geobox, get_nodata, observed_times, require_same_grid
-from xfusion.engine.run import map_blocks_halo
-from xfusion.errors import (
-    InvalidParameterError,
-    MissingDimensionError,
-    NoOverlapError,
-    TimeAxisError,
-)
-from xfusion.methods._common import (
+from xfusion.cube.roles import (
     assemble_result,
     float_data,
     match_times,
@@ -43,6 +35,14 @@ from xfusion.methods._common import (
     select_pairs,
     select_targets,
     sort_targets,
+)
+from xfusion.cube.validate import TIME, get_geobox, get_nodata, observed_times, require_same_grid
+from xfusion.engine.run import map_blocks_halo
+from xfusion.errors import (
+    InvalidParameterError,
+    MissingDimensionError,
+    NoOverlapError,
+    TimeAxisError,
 )
 
 __all__ = ["STARFM_MODES", "STARFM_PRESETS", "StarfmMode", "StarfmParams", "starfm"]

@@ -1,4 +1,8 @@
-"""Pieces shared by the fusion methods: roles, target/pair selection, stacking, result assembly.
+"""Roles of a fusion cube's variables, target/pair selection, stacking and result assembly.
+
+What every method and trainer reads from a fusion cube: which variables are fine and coarse
+(:func:`resolve_roles`), which dates are targets and which serve as pairs, the variables
+stacked into arrays, and the result rebuilt as a Dataset (:func:`assemble_result`).
 
 A fusion method predicts the fine variable(s) at *target* times from *pairs*: dates where both
 fine and coarse are observed. Availability comes from the cube's boolean ``observed_<name>``
