@@ -240,7 +240,8 @@ def test_import_without_torch_and_baselines_work():
 
 
 def test_stori_config_variants_and_overrides():
-    from xfusion.methods.gapfill import StoriConfig, _resolve_config
+    from xfusion.training.stori import StoriConfig
+    from xfusion.training.stori import resolve_config as _resolve_config
 
     faithful = StoriConfig(variant="faithful")
     assert (faithful.decay, faithful.sar_first, faithful.sar_scaling, faithful.sar_window,

@@ -220,8 +220,6 @@ def stack_cases(ds: xr.Dataset, dims: tuple[str, str], L: Any, M: Any,
 
 def _valid_counts(arr: Any, labels: Sequence[str]) -> str:
     """Observed-pixel counts per channel and jointly (computes; error path only)."""
-    import dask
-
     a = arr.data if isinstance(arr, xr.DataArray) else arr
     finite = np.isfinite(a)
     per = finite.sum(axis=(-2, -1))
