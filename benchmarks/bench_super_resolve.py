@@ -25,8 +25,9 @@ import numpy as np
 import xarray as xr
 
 from xfusion.config import EngineConfig
+from xfusion.demo import evaluate_synthetic
 from xfusion.methods.harmonize import L8_BANDS, S2_BANDS, harmonize, train_harmonizer
-from xfusion.methods.super_resolve import evaluate_synthetic, super_resolve
+from xfusion.methods.super_resolve import super_resolve
 from xfusion.testing import synthetic_scene
 
 

@@ -77,7 +77,7 @@ _ATTRS: dict[str, dict[str, str]] = {
 # --------------------------------------------------------------------------------------------
 # band handling
 # --------------------------------------------------------------------------------------------
-def _as_float(var: xr.DataArray) -> xr.DataArray:
+def as_float(var: xr.DataArray) -> xr.DataArray:
     """float64 copy with NaN gaps (a declared integer nodata becomes NaN)."""
     if np.issubdtype(var.dtype, np.integer) or np.issubdtype(var.dtype, np.bool_):
         nodata = get_nodata(var)
@@ -118,7 +118,7 @@ def _bands(
                 "`ref = ref[list(pred.data_vars)]`."
             )
         names = [str(n) for n in ref.data_vars]
-        pairs = [(_as_float(pred[n]), _as_float(ref[n])) for n in ref.data_vars]
+        pairs = [(as_float(pred[n]), as_float(ref[n])) for n in ref.data_vars]
         return names, pairs, "dataset"
     assert isinstance(pred, xr.DataArray)
     if band_dim in ref.dims:
@@ -126,8 +126,8 @@ def _bands(
         names = [str(v) for v in labels]
         pairs = [
             (
-                _as_float(pred.isel({band_dim: i}, drop=True)),
-                _as_float(ref.isel({band_dim: i}, drop=True)),
+                as_float(pred.isel({band_dim: i}, drop=True)),
+                as_float(ref.isel({band_dim: i}, drop=True)),
             )
             for i in range(ref.sizes[band_dim])
         ]
@@ -135,7 +135,7 @@ def _bands(
     name = ref.name if ref.name is not None else pred.name
     return (
         [str(name) if name is not None else "band"],
-        [(_as_float(pred), _as_float(ref))],
+        [(as_float(pred), as_float(ref))],
         "single",
     )
 
@@ -870,3 +870,71 @@ def format_table(
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(head), rule, *(line(r) for r in body)])
+
+
+def _block_reduce(x: np.ndarray, scale: int, how: str) -> np.ndarray:
+    h, w = x.shape[-2] // scale, x.shape[-1] // scale
+    v = np.asarray(x, dtype=np.float64)[..., :h * scale, :w * scale]
+    v = v.reshape(*v.shape[:-2], h, scale, w, scale)
+    if how == "power":
+        return np.mean(v**4, axis=(-3, -1)) ** 0.25
+    return np.mean(v, axis=(-3, -1))
+
+
+def aggregate(fine: xr.DataArray, /, *, scale: int, how: Literal["mean", "power"] = "mean",
+              like: xr.DataArray | None = None) -> xr.DataArray:
+    """Aggregate a fine field to the coarse grid by ``scale x scale`` blocks (lazy).
+
+    ``how="mean"`` is the block mean; ``"power"`` the radiance-consistent power mean
+    ``(mean T^4)^(1/4)`` (temperatures in kelvin). A block with a NaN gives NaN. ``like``
+    (the coarse input) supplies the output coordinates.
+    """
+    if how not in ("mean", "power"):
+        raise InvalidParameterError(f"Unknown how={how!r}; choose one of ['mean', 'power'].")
+    ydim, xdim = spatial_dims(fine, name="fine field")
+    f = fine
+    if how == "power":
+        f = f.astype(np.float64) ** 4
+    out = f.coarsen({ydim: scale, xdim: scale}, boundary="trim").reduce(np.mean)
+    if how == "power":
+        out = out ** 0.25
+    if like is not None:
+        cy, cx = spatial_dims(like, name="coarse input")
+        out = out.rename({ydim: cy, xdim: cx}).assign_coords({cy: like[cy], cx: like[cx]})
+        if "spatial_ref" in like.coords:
+            out = out.assign_coords(spatial_ref=like.coords["spatial_ref"])
+    return out.astype(np.float32)
+
+
+def coarse_consistency(sr: xr.DataArray, coarse: xr.DataArray, /, *, scale: int,
+                       how: Literal["mean", "power"] = "mean") -> xr.DataArray:
+    """RMSE between the aggregated super-resolved field and the coarse input (lazy).
+
+    Over the coarse pixels where both are finite; ``how`` as in :func:`aggregate`.
+    """
+    agg = aggregate(sr, scale=scale, how=how, like=coarse)
+    diff = agg.astype(np.float64) - coarse.astype(np.float64).transpose(*agg.dims)
+    return np.sqrt((diff**2).mean()).rename("coarse_consistency_rmse")
+
+
+def _sobel_mag(x: np.ndarray) -> np.ndarray:
+    k = np.array([[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]])
+    kernels = [k, k.T, np.array([[0.0, 1, 2], [-1, 0, 1], [-2, -1, 0]]),
+               np.array([[-2.0, -1, 0], [-1, 0, 1], [0, 1, 2]])]
+    h, w = x.shape[-2] - 2, x.shape[-1] - 2
+    mags = np.zeros((*x.shape[:-2], h, w))
+    for kk in kernels:
+        g = np.zeros_like(mags)
+        for dy in range(3):
+            for dx in range(3):
+                g += kk[dy, dx] * x[..., dy:dy + h, dx:dx + w]
+        mags += g**2
+    return np.sqrt(mags)
+
+
+def gradient_rmse(pred: Any, ref: Any) -> float:
+    """RMSE of the 4-direction Sobel gradient magnitudes (valid pixels, 1-px border dropped)."""
+    p = _sobel_mag(np.asarray(pred, dtype=np.float64))
+    r = _sobel_mag(np.asarray(ref, dtype=np.float64))
+    ok = np.isfinite(p) & np.isfinite(r)
+    return float(np.sqrt(np.mean((p[ok] - r[ok]) ** 2)))

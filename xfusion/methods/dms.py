@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+import dask
 import numpy as np
 import xarray as xr
 
 from xfusion.errors import InvalidParameterError, NotEnoughDataError
 
 if TYPE_CHECKING:
-    from xfusion.methods.super_resolve import _Inputs
+    from xfusion.cube.grids import GuidedInputs
 
 __all__ = ["dms"]
 
@@ -345,15 +346,14 @@ def _nested_block(c: np.ndarray, g: np.ndarray, models: Sequence[dict[str, Any]]
     return out[None, None]
 
 
-def _dms_predict(inp: _Inputs, *, window: int = 0, homogeneity: float = 0.8,
+def _dms_predict(inp: GuidedInputs, *, window: int = 0, homogeneity: float = 0.8,
                  std_features: bool = False, residual: str = "cell",
                  aggregation: str = "power", regressor: str = "bagging", n_estimators: int = 10,
                  max_depth: int | None = None, min_samples_leaf: int = 5,
                  min_samples: int = 20, seed: int = 0) -> Any:
     """Lazy DMS prediction ``(T, Hf, Wf)`` for prepared inputs."""
-    import dask
 
-    from xfusion.methods.super_resolve import _is_dask, _rechunk_nested
+    from xfusion.cube.grids import rechunk_nested
 
     _check(window, homogeneity, residual, aggregation, regressor, n_estimators,
            min_samples_leaf, min_samples)
@@ -368,7 +368,7 @@ def _dms_predict(inp: _Inputs, *, window: int = 0, homogeneity: float = 0.8,
              else ["(no time)"])
     coarse, guide = inp.coarse, inp.guide
     nt = coarse.shape[0]
-    if not (_is_dask(coarse) or _is_dask(guide)):
+    if not (dask.is_dask_collection(coarse) or dask.is_dask_collection(guide)):
         c = np.asarray(coarse)
         g = np.asarray(guide)
         outs = []
@@ -386,7 +386,7 @@ def _dms_predict(inp: _Inputs, *, window: int = 0, homogeneity: float = 0.8,
     import dask.array as da
     from dask.base import tokenize
 
-    coarse, guide = _rechunk_nested(coarse, guide, s)
+    coarse, guide = rechunk_nested(coarse, guide, s)
     coarse = coarse.rechunk((1, *coarse.chunks[1:]))
     if guide.shape[0] != nt:
         guide = da.broadcast_to(guide, (nt, *guide.shape[1:]))

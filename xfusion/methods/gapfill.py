@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import dask
 import numpy as np
@@ -62,9 +62,6 @@ from xfusion.training.stori import (
     resolve_config,
     train_graph,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "GAPFILL_METHODS",

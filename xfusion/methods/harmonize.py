@@ -29,26 +29,26 @@ import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Literal
 
+import dask
 import numpy as np
 import xarray as xr
 
 from xfusion.config import EngineConfig
+from xfusion.cube.grids import (
+    GuidedInputs,
+    as_float,
+    nested_grids,
+    prepare_guided,
+    rechunk_nested,
+    wrap_fine,
+)
+from xfusion.engine.bicubic import bicubic_upsample
 from xfusion.errors import (
     InvalidParameterError,
     NotEnoughDataError,
     TimeAxisError,
     VariableNotFoundError,
     WeightsMismatchError,
-)
-from xfusion.methods.super_resolve import (
-    _as_float,
-    _Inputs,
-    _is_dask,
-    _prepare,
-    _rechunk_nested,
-    _wrap,
-    bicubic_upsample,
-    nested_grids,
 )
 from xfusion.models.registry import HARMONIZE_ARCH
 
@@ -70,7 +70,7 @@ def _stack(ds: xr.Dataset, bands: Sequence[str], *, role: str) -> xr.DataArray:
             f"include {sorted(map(str, ds.data_vars))!r}; pass bands=[...] naming the "
             f"{len(bands)} bands in the order the weights expect."
         )
-    parts = [_as_float(ds[b]) for b in bands]
+    parts = [as_float(ds[b]) for b in bands]
     out = xr.concat(parts, dim="band", coords="minimal", compat="override", join="override")
     return out.assign_coords(band=list(bands))
 
@@ -251,7 +251,7 @@ def harmonize(
     wscale = int(meta.get("scale", 3))
     if guide is None and scale is None:
         scale = wscale
-    inp = _prepare(stack.isel(band=0, drop=True).rename(str(want[0])), guide, scale,
+    inp = prepare_guided(stack.isel(band=0, drop=True).rename(str(want[0])), guide, scale,
                    need_guide=False)
     s = inp.grids.scale
     if s != wscale:
@@ -277,12 +277,12 @@ def harmonize(
         engine = EngineConfig(tile=tile_eff, halo=halo, blend=blend, overlap=ov, device=device)
     spec = _model_spec(members, meta, uncertainty=uncertainty, passes=passes, dropout=dropout,
                        seed=seed, halo=engine.halo if engine.halo is not None else halo)
-    if _is_dask(arr) or (inp.guide is not None and _is_dask(inp.guide)):
-        if not _is_dask(arr):
+    if dask.is_dask_collection(arr) or (inp.guide is not None and dask.is_dask_collection(inp.guide)):
+        if not dask.is_dask_collection(arr):
             arr = da.from_array(arr, chunks=(1, -1, 512, 512))
         arr = arr.rechunk((arr.chunks[0], -1, *arr.chunks[2:]))
         c3 = arr[:, 0]
-        c3, g = _rechunk_nested(c3, inp.guide if use_pan else None, s, multiple=align)
+        c3, g = rechunk_nested(c3, inp.guide if use_pan else None, s, multiple=align)
         arr = arr.rechunk((c3.chunks[0], -1, *c3.chunks[1:]))
         up = bicubic_upsample(arr, s, method="harmonize.bicubic")
         if use_pan:
@@ -294,17 +294,17 @@ def harmonize(
     y = map_model(up, spec, config=engine, method="harmonize")
     outs = list(meta.get("outputs", S2_BANDS))
     nout = len(outs)
-    template = _Inputs(None, None, [], inp.grids, inp.time, ds[want[0]])
+    template = GuidedInputs(None, None, [], inp.grids, inp.time, ds[want[0]])
     res: dict[Hashable, xr.DataArray] = {}
     for k, b in enumerate(outs):
         attrs = {"units": "1", "long_name": f"Sentinel-2-like {b} surface reflectance",
                  "harmonize_uncertainty": str(uncertainty)}
-        res[b] = _wrap(y[:, k], template, name=b, attrs=attrs)
+        res[b] = wrap_fine(y[:, k], template, name=b, attrs=attrs)
         if uncertainty is not None:
             sattrs = {"units": "1", "long_name": f"{uncertainty} standard deviation of {b}",
                       "description": "spread across ensemble members" if uncertainty ==
                       "ensemble" else f"spread over {passes} MC-dropout passes (p={dropout})"}
-            res[f"{b}_std"] = _wrap(y[:, nout + k], template, name=f"{b}_std", attrs=sattrs)
+            res[f"{b}_std"] = wrap_fine(y[:, nout + k], template, name=f"{b}_std", attrs=sattrs)
     out = xr.Dataset(res, attrs={**dict(ds.attrs), "harmonize_members": len(members),
                                  "harmonize_uncertainty": str(uncertainty)})
     return out
@@ -439,19 +439,19 @@ def train_harmonizer(
     if pan is not None:
         pg = nested_grids(lst.isel(band=0, drop=True), pan, scale=s)
         py, px = pg.offset
-        pv = _as_float(pan).isel({pg.fine_dims[0]: slice(py, py + s * hc),
+        pv = as_float(pan).isel({pg.fine_dims[0]: slice(py, py + s * hc),
                                   pg.fine_dims[1]: slice(px, px + s * wc)})
         pd = pv.data.reshape(-1, 1, *pv.shape[-2:])
         if pd.shape[0] != x.shape[0]:
             pd = pd[[0] * x.shape[0]] if pd.shape[0] == 1 else pd
         layers.append(pd)
     layers.append(y)
-    if any(_is_dask(a) for a in layers):
+    if any(dask.is_dask_collection(a) for a in layers):
         import dask.array as da
 
-        ref = next(a for a in layers if _is_dask(a))
+        ref = next(a for a in layers if dask.is_dask_collection(a))
         stack = da.concatenate(
-            [(a if _is_dask(a) else da.from_array(a)).astype(np.float32).rechunk(
+            [(a if dask.is_dask_collection(a) else da.from_array(a)).astype(np.float32).rechunk(
                 (1, -1, *ref.chunks[2:])) for a in layers], axis=1)
     else:
         stack = np.concatenate([np.asarray(a, dtype=np.float32) for a in layers], axis=1)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import dask
 import numpy as np
@@ -66,9 +66,6 @@ from xfusion.training.sttfn import (
     train_pair,
     train_sttfn,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["COMBINE", "STC_SCALES", "SttfnTrainOptions", "TrainedSttfn", "stc_weighting", "sttfn",
            "train_sttfn"]
