@@ -30,6 +30,7 @@ from odc.geo.geobox import GeoBox
 import xfusion
 from xfusion.cube import from_geotiffs, from_numpy
 from xfusion.errors import InvalidParameterError
+from xfusion.methods import _starfm_stats as ST
 from xfusion.methods import starfm as S
 from xfusion.methods._starfm_kernel import starfm_block
 from xfusion.testing import assert_lazy, raise_if_dask_computes
@@ -261,19 +262,19 @@ def test_exact_moments_do_not_depend_on_the_blocks(rng):
     v = (rng.normal(1500, 700, (1, 1, 57, 61)) * rng.choice([1, 1e-3, 1e3], (1, 1, 57, 61)))
     v[rng.random(v.shape) < 0.05] = np.nan
     kw = {"lo": -math.inf, "hi": math.inf, "fill": None}
-    whole = S._moment_parts(v, **kw)
+    whole = ST.moment_parts(v, **kw)
     ok = np.isfinite(v)
     exact_s = sum(Fraction(float(x)) for x in v[ok])
-    assert sum(Fraction(float(x)) for x in whole[0, 0, 0, 2 : 2 + S._NPART]) == exact_s
-    thr = S._threshold_from_parts(whole, num_slice=40, reference=False)
+    assert sum(Fraction(float(x)) for x in whole[0, 0, 0, 2 : 2 + ST._NPART]) == exact_s
+    thr = ST.threshold_from_parts(whole, num_slice=40, reference=False)
     assert thr[0, 0] == pytest.approx(np.nanstd(v) * 2 / 40, rel=1e-12)
     for rows, cols in (((10, 30), (7,)), ((1, 2, 3, 50), (20, 40, 60)), ((), (1,))):
         parts = [
-            S._moment_parts(v[..., r0:r1, c0:c1], **kw)
+            ST.moment_parts(v[..., r0:r1, c0:c1], **kw)
             for r0, r1 in zip((0, *rows), (*rows, 57), strict=True)
             for c0, c1 in zip((0, *cols), (*cols, 61), strict=True)
         ]
-        split = S._threshold_from_parts(np.concatenate(parts, axis=2), num_slice=40,
+        split = ST.threshold_from_parts(np.concatenate(parts, axis=2), num_slice=40,
                                         reference=False)  # fmt: skip
         assert split[0, 0] == thr[0, 0]  # bit-identical, not just close
 
@@ -494,7 +495,7 @@ def test_two_pairs_equal_the_kernel_on_stacked_pairs(rng):
     out = xfusion.starfm(ds, fine="fine", coarse="coarse", targets="2020-01-09", pairs="bracket",
                          max_search_distance=120)  # fmt: skip
     f, c = ds.fine.values, ds.coarse.values
-    thr = [S._threshold_from_parts(S._moment_parts(f[[i]][:, None], lo=0, hi=10000, fill=-9999),
+    thr = [ST.threshold_from_parts(ST.moment_parts(f[[i]][:, None], lo=0, hi=10000, fill=-9999),
                                    num_slice=40, reference=True)[0, 0] for i in (0, 2)]  # fmt: skip
     want = starfm_block(f[[0, 2]], c[[0, 2]], c[1], window=8, thresholds=thr, distance_scale=4.0,
                         fill_value=np.nan)  # fmt: skip

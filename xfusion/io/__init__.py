@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from xfusion.io.geotiff import bands_dataset, read_geotiff, write_bands, write_geotiff
-from xfusion.io.zarr import TiledWriteReport, open_zarr, tile_status, to_zarr, write_tiled
+from xfusion.io.tiled import TiledWriteReport, tile_status, write_tiled
+from xfusion.io.zarr import open_zarr, to_zarr
 
 __all__ = [
     "TiledWriteReport",

@@ -5,7 +5,7 @@ twin :mod:`xfusion.methods._starfm_torch` on CUDA), mapped over the spatial chun
 with a halo of half the window by :func:`xfusion.engine.run.map_blocks_halo`. The similarity
 threshold of each pair date and band is a GLOBAL statistic (the standard deviation of the whole
 fine image): it is computed first, lazily, by an exact reduction over the chunks (see
-:func:`_moment_parts`), and fed to the block tasks as a small dask array, so the output does not
+:func:`moment_parts`), and fed to the block tasks as a small dask array, so the output does not
 depend on the chunking, bit for bit.
 """
 
@@ -14,11 +14,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, astuple, dataclass, replace
-from fractions import Fraction
-from functools import cache
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
@@ -44,6 +41,7 @@ from xfusion.errors import (
     NoOverlapError,
     TimeAxisError,
 )
+from xfusion.methods._starfm_stats import thresholds
 
 __all__ = ["STARFM_MODES", "STARFM_PRESETS", "StarfmMode", "StarfmParams", "starfm"]
 
@@ -221,184 +219,18 @@ def _pixel_size(ds: xr.Dataset, resolution: float | None) -> float:
 # --------------------------------------------------------------------------------------------
 # the global statistic: exact sums, so the threshold does not depend on the chunking
 
-_NPART = 64  # room for the partials of an exact float64 sum (at most ~40 for finite doubles)
-_PARTS = 2 + 2 * _NPART  # count, overflow flag, partials of sum(v), partials of sum(v*v)
 
 
-def _moments_impl(vals, lo, hi, fill, use_fill, out):  # type: ignore[no-untyped-def]
-    """Exact moments of ``vals`` into ``out`` (compiled by numba, see :func:`_exact_moments`).
-
-    ``out`` is ``_PARTS`` float64: count, overflow flag, then the non-overlapping partials of
-    ``sum(v)`` and of ``sum(fl(v * v))`` (Shewchuk's grow-expansion, Python's ``msum``).
-    """
-    parts = out[2:].reshape(2, _NPART)
-    nparts = np.zeros(2, np.int64)
-    count = 0
-    flat = vals.ravel()
-    for k in range(flat.size):
-        v = np.float64(flat[k])
-        if not (v > lo and v < hi):  # also drops NaN
-            continue
-        if use_fill and v == fill:
-            continue
-        sq = v * v
-        if not (abs(sq) < np.inf):
-            out[1] = 1.0
-            continue
-        count += 1
-        for q in range(2):
-            x = v if q == 0 else sq
-            i = 0
-            for j in range(nparts[q]):
-                y = parts[q, j]
-                if abs(x) < abs(y):
-                    x, y = y, x
-                h = x + y
-                r = y - (h - x)
-                if r != 0.0:
-                    parts[q, i] = r
-                    i += 1
-                x = h
-            parts[q, i] = x  # at most ~40 partials for finite doubles: _NPART is enough
-            nparts[q] = i + 1
-    out[0] = count
-    for q in range(2):  # slots past the final number of partials hold stale values
-        parts[q, nparts[q] :] = 0.0
 
 
-@cache
-def _exact_moments() -> Any:
-    """Compile :func:`_moments_impl` with numba (cached on disk; numba imported lazily)."""
-    from numba import njit
-
-    return njit(nogil=True, cache=True)(_moments_impl)
 
 
-def _moment_parts(
-    block: np.ndarray, *, lo: float, hi: float, fill: float | None
-) -> np.ndarray:
-    """Exact moments of each ``(pair date, band)`` image in a ``(U, B, y, x)`` block.
-
-    Returns ``(U, B, 1, _PARTS)`` float64: the number of pixels with ``lo < v < hi`` (and
-    ``v != fill``), an overflow flag, then the non-overlapping partials (Shewchuk) whose exact
-    sums are ``sum(v)`` and ``sum(fl(v * v))``. Exact sums do not depend on how the image is cut
-    into blocks, so neither does the standard deviation computed from them.
-    """
-    moments = _exact_moments()
-    u, b = block.shape[:2]
-    out = np.zeros((u, b, 1, _PARTS), np.float64)
-    use_fill = fill is not None and not math.isnan(fill)
-    for i in range(u):
-        for j in range(b):
-            moments(
-                np.ascontiguousarray(block[i, j]), float(lo), float(hi),
-                float(fill) if use_fill else 0.0, use_fill, out[i, j, 0],
-            )  # fmt: skip
-    return out
 
 
-def _threshold_from_parts(
-    parts: np.ndarray, *, num_slice: int, reference: bool, labels: Any = None
-) -> np.ndarray:
-    """Combine the exact moments of all blocks into one similarity threshold per image.
-
-    ``parts`` is ``(U, B, ..., _PARTS)``: every block's moments along the middle axes.
-    Returns ``(U, B)`` float64 thresholds (0 with a warning when the image has no usable pixel
-    or a standard deviation that rounds to a zero threshold: no pixel can then be predicted).
-    """
-    from xfusion.methods._starfm_kernel import slice_from_std
-
-    u, b = parts.shape[:2]
-    flat = parts.reshape(u, b, -1, _PARTS)
-    out = np.zeros((u, b), np.float64)
-    for i in range(u):
-        for j in range(b):
-            p = flat[i, j]
-            n = int(p[:, 0].sum())
-            label = f" ({labels[i][j]})" if labels is not None else ""
-            if p[:, 1].any():
-                raise InvalidParameterError(
-                    f"The fine image{label} has values too large to square in float64 (|v| > "
-                    "1e154), so its standard deviation overflows. Check its scale and pass a "
-                    "data_range that excludes fill values such as -3.4e38."
-                )
-            if n == 0:
-                warnings.warn(
-                    f"starfm(): the fine image{label} has no pixel strictly inside data_range, "
-                    "so its similarity threshold is undefined and every prediction from it is "
-                    "NaN (or the fill value). Check the data's scale against data_range.",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-                continue
-            s = sum((Fraction(x) for x in p[:, 2 : 2 + _NPART].ravel() if x), Fraction(0))
-            ss = sum((Fraction(x) for x in p[:, 2 + _NPART :].ravel() if x), Fraction(0))
-            var = max(ss / n - (s / n) ** 2, Fraction(0))
-            thr = slice_from_std(math.sqrt(float(var)), num_slice=num_slice, reference=reference)
-            if thr == 0:
-                warnings.warn(
-                    f"starfm(): the fine image{label} is (nearly) constant (std "
-                    f"{math.sqrt(float(var)):.4g}), so the similarity threshold 2*std/num_slice "
-                    f"is 0 and, as in USDA STARFM, no candidate is similar to any pixel: every "
-                    "prediction from it is NaN (or the fill value). Use a smaller num_slice or "
-                    "another pair date.",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-            out[i, j] = thr
-    return out
 
 
-def _thresholds(
-    pairs_img: Any, *, params: StarfmParams, labels: list[list[str]], token: str
-) -> Any:
-    """Similarity thresholds ``(U, B)`` of the pair-date fine images ``(U, B, y, x)``.
-
-    numpy in → numpy out (computed now); dask in → a lazy ``(U, B)`` dask array computed by
-    one exact reduction over the chunks (no compute here).
-    """
-    lo, hi = params.data_range
-    kw = {"lo": lo, "hi": hi, "fill": params.fill}
-    agg = {"num_slice": params.num_slice, "reference": params.mode == "reference",
-           "labels": labels}  # fmt: skip
-    if not _is_dask(pairs_img):
-        return _threshold_from_parts(_moment_parts(pairs_img, **kw), **agg)
-    import dask.array as da
-
-    ny, nx = (len(c) for c in pairs_img.chunks[2:])
-    parts = da.map_blocks(
-        _moment_parts,
-        pairs_img,
-        **kw,
-        chunks=(*pairs_img.chunks[:2], (1,) * ny, (_PARTS,) * nx),
-        dtype=np.float64,
-        meta=np.empty((0, 0, 0, 0), np.float64),
-        name=f"xfusion.{NAME}-moments-{token}",
-    )
-    parts = parts.rechunk({0: 1, 1: 1, 2: -1, 3: -1})
-    return da.map_blocks(
-        _thresholds_block,
-        parts,
-        **agg,
-        drop_axis=(2, 3),
-        chunks=((1,) * parts.shape[0], (1,) * parts.shape[1]),
-        dtype=np.float64,
-        meta=np.empty((0, 0), np.float64),
-        name=f"xfusion.{NAME}-threshold-{token}",
-    )
 
 
-def _thresholds_block(
-    parts: np.ndarray, *, num_slice: int, reference: bool, labels: Any,
-    block_info: dict[Any, Any] | None = None,
-) -> np.ndarray:  # fmt: skip
-    if block_info is None or None not in block_info:  # meta probing
-        return np.zeros(parts.shape[:2], np.float64)
-    i, j = block_info[None]["chunk-location"]
-    return _threshold_from_parts(
-        parts.reshape(1, 1, -1, _PARTS), num_slice=num_slice, reference=reference,
-        labels=[[labels[i][j]]],
-    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -947,7 +779,7 @@ def starfm(
     labels = [
         [f"{fname!r} at {_fmt_dates(ds, [u])[0]}" for fname in roles.fine] for u in upos
     ]
-    thr_ub = _thresholds(pair_imgs, params=params, labels=labels, token=token)
+    thr_ub = thresholds(pair_imgs, params=params, labels=labels, token=token)
     where = {u: i for i, u in enumerate(upos)}
 
     def per_target(k: int, arrays: list[Any], pos: list[np.ndarray]) -> Any:

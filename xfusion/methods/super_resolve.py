@@ -243,10 +243,10 @@ def _sr_one(var: xr.DataArray, *, guide: Any, scale: int | None, method: str, we
         coarse, _ = rechunk_nested(inp.coarse, None, inp.grids.scale)
         data = bicubic_upsample(coarse, inp.grids.scale, method="super_resolve.bicubic")
     elif method == "dms":
-        from xfusion.methods.dms import _dms_predict
+        from xfusion.methods._dms_kernel import dms_predict
 
         inp = prepare_guided(var, guide, scale, need_guide=True)
-        data = _dms_predict(inp, **params)
+        data = dms_predict(inp, **params)
     else:
         inp = prepare_guided(var, guide, scale, need_guide=True)
         if weights is None:

@@ -17,8 +17,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from xfusion.stac._grid import grid_footprint
 from xfusion.stac._items import BandInfo, band_info
-from xfusion.stac._pair import clear_fractions, clear_pairs, clear_targets, load_pair
+from xfusion.stac._pair import (
+    band_pairs,
+    clear_fractions,
+    clear_pairs,
+    clear_targets,
+    item_times,
+    items_and_preset,
+    load_pair,
+)
 from xfusion.stac._search import search
 from xfusion.stac._sign import (
     PC_STAC_URL,
@@ -36,12 +45,16 @@ __all__ = [
     "FailedRead",
     "LoadReport",
     "band_info",
+    "band_pairs",
     "clear_fraction",
     "clear_fractions",
     "clear_pairs",
     "clear_targets",
+    "grid_footprint",
     "has_subscription_key",
     "is_blob_href",
+    "item_times",
+    "items_and_preset",
     "load_cube",
     "load_pair",
     "search",

@@ -277,7 +277,7 @@ def _twin_geobox(gbox: Any, items: Sequence[Any], assets: Sequence[str]) -> Any:
     return GeoBox(gbox.shape, Affine(a.a, a.b, a.c, a.d, a.e, round(a.f - shift, 6)), native)
 
 
-def _grid_footprint(item: Any, gbox: Any, assets: Sequence[str]) -> Any:
+def grid_footprint(item: Any, gbox: Any, assets: Sequence[str]) -> Any:
     """The lon/lat outline of the pixel grid an item declares when it intersects ``gbox``.
 
     None when the item declares no grid (``proj:*``) for these assets or the grid misses
@@ -336,7 +336,7 @@ def check_overlap(
             if fp.intersects(aoi) and fp.intersection(aoi).area > 0:
                 hits.append(it)
             elif grid_assets:
-                outline = _grid_footprint(it, gbox, grid_assets)
+                outline = grid_footprint(it, gbox, grid_assets)
                 if outline is not None:  # a footprint too coarse: use the declared grid
                     fixed = it.clone()
                     fixed.geometry = outline.json

@@ -25,7 +25,7 @@ __all__ = ["clear_fractions", "clear_pairs", "clear_targets", "load_pair"]
 TIME = "time"
 
 
-def _items_and_preset(
+def items_and_preset(
     source: Any,
     preset: str | Preset | None,
     *,
@@ -38,6 +38,8 @@ def _items_and_preset(
     sign: Any,
     keep: Any = None,
 ) -> tuple[list[Any], Preset | None]:
+    """The items of one role and their preset: searched (``source`` a collection id, over
+    ``bbox``/``time``, JSON filtered by ``keep``) or given (filtered by ``time``)."""
     from xfusion.stac._items import _as_items
     from xfusion.stac._search import search
 
@@ -69,7 +71,7 @@ def _items_and_preset(
     return items, p
 
 
-def _item_times(item: Any) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]:
+def item_times(item: Any) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]:
     """(nominal, start, end) as naive UTC timestamps (nominal as odc-stac dates the item)."""
     props = item.properties
 
@@ -101,7 +103,7 @@ def _filter_time(items: list[Any], time: Any, role: str) -> list[Any]:
         hi = hi + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)
     kept = []
     for it in items:
-        _, s, e = _item_times(it)
+        _, s, e = item_times(it)
         if (hi is None or s <= hi) and (lo is None or e >= lo):
             kept.append(it)
     if not kept:
@@ -111,7 +113,8 @@ def _filter_time(items: list[Any], time: Any, role: str) -> list[Any]:
     return kept
 
 
-def _pairs_of_bands(bands: Any, fine_p: Preset | None, coarse_p: Preset | None) -> list[tuple[str, str]]:
+def band_pairs(bands: Any, fine_p: Preset | None, coarse_p: Preset | None) -> list[tuple[str, str]]:
+    """``[(fine band, coarse band)]`` from ``bands=`` (a name, names, or a mapping)."""
     if bands is None:
         if fine_p is not None and coarse_p is not None:
             if "lst" in fine_p.bands and "lst" in coarse_p.bands:
@@ -175,7 +178,7 @@ def _native_crop(items: Sequence[Any], assets: Sequence[str], gbox: Any, pad: in
 def _coarse_intervals(
     items: Sequence[Any], times: np.ndarray
 ) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
-    spans = [_item_times(it) for it in items]
+    spans = [item_times(it) for it in items]
     out = []
     for t in pd.DatetimeIndex(times):
         same = [(s, e) for n, s, e in spans if n == t]
@@ -441,12 +444,12 @@ def load_pair(
     if tol < pd.Timedelta(0):
         raise InvalidParameterError(f"tolerance={tolerance!r} must not be negative.")
 
-    fine_items, fine_p = _items_and_preset(
+    fine_items, fine_p = items_and_preset(
         fine, fine_preset, role="fine", bbox=search_bbox, time=time, max_cloud=max_cloud,
         platform=fine_platform, url=url, sign=sign,
     )
     c_plat = None if coarse_platform == "auto" else coarse_platform
-    coarse_items, coarse_p = _items_and_preset(
+    coarse_items, coarse_p = items_and_preset(
         coarse, coarse_preset, role="coarse", bbox=search_bbox, time=time, max_cloud=None,
         platform=c_plat, url=url, sign=sign,
     )
@@ -462,7 +465,7 @@ def load_pair(
                 it for it in coarse_items
                 if str(it.properties.get("platform", "")).lower() == first
             ]
-    pairs = _pairs_of_bands(bands, fine_p, coarse_p)
+    pairs = band_pairs(bands, fine_p, coarse_p)
     fine_bands = [f for f, _ in pairs]
     coarse_bands = list(dict.fromkeys(c for _, c in pairs))
     if len(pairs) == 1:
