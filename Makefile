@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.xfusion-installed
-TEST_DEPS := "pytest>=8" "pytest-timeout>=2.2" "hypothesis>=6.100"
+TEST_DEPS := "pytest>=8" "pytest-timeout>=2.2" "hypothesis>=6.100" "import-linter>=2.1"
 DEV_DEPS := "ruff>=0.5"
 
 .PHONY: install demo test bench lint clean
@@ -30,6 +30,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check xfusion tests benchmarks examples
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) demo_out bench_out
