@@ -277,7 +277,7 @@ def test_from_geotiffs_unknown_resampling(tmp_path):
 
 def test_from_geotiffs_bad_date(tmp_path):
     f = write_tif(tmp_path / "f.tif", np.ones((4, 4), "float32"))
-    with pytest.raises(TimeAxisError, match=r"Could not read fine date 'March 8' as a date"):
+    with pytest.raises(TimeAxisError, match=r"The fine date 'March 8' is not a date .* YYYYMMDD"):
         from_geotiffs(fine={"March 8": f}, coarse={"2020-01-01": f})
 
 

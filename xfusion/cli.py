@@ -44,11 +44,9 @@ def _dated_path(text: str) -> tuple[str, str]:
             f"expected DATE=PATH such as 2020-03-08=landsat.tif, found {text!r}"
         )
     try:
-        to_datetime64(date, what="date")
-    except XFusionError:
-        raise argparse.ArgumentTypeError(
-            f"{date!r} in {text!r} is not a date; write DATE=PATH with DATE as YYYY-MM-DD"
-        ) from None
+        to_datetime64(date.strip(), what="date")
+    except XFusionError as err:
+        raise argparse.ArgumentTypeError(f"{date.strip()!r} in {text!r}: {err}") from None
     return date.strip(), path.strip()
 
 
@@ -56,9 +54,9 @@ def _date(text: str) -> str:
     from xfusion.cube.build import to_datetime64
 
     try:
-        to_datetime64(text, what="date")
-    except XFusionError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date; write YYYY-MM-DD") from None
+        to_datetime64(text.strip(), what="date")
+    except XFusionError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text.strip()
 
 

@@ -54,30 +54,12 @@ _DEFAULT_AUTO_CHUNK = 2048
 
 
 def to_datetime64(value: Any, *, what: str = "date") -> np.datetime64:
-    """Return ``value`` as ``numpy.datetime64[ns]``; raise :class:`TimeAxisError` if not a date."""
-    try:
-        if isinstance(value, np.datetime64):
-            out = value.astype("datetime64[ns]")
-        elif isinstance(value, _dt.datetime):
-            if value.tzinfo is not None:
-                value = value.astimezone(_dt.UTC).replace(tzinfo=None)
-            out = np.datetime64(value, "ns")
-        elif isinstance(value, _dt.date):
-            out = np.datetime64(value.isoformat(), "ns")
-        elif isinstance(value, str):
-            out = np.datetime64(value.strip(), "ns")
-        elif hasattr(value, "to_datetime64"):  # pandas.Timestamp
-            out = np.datetime64(value.to_datetime64(), "ns")
-        else:
-            raise TypeError(type(value).__name__)
-    except (TypeError, ValueError) as err:
-        raise TimeAxisError(
-            f"Could not read {what} {value!r} as a date ({err}). Give dates as 'YYYY-MM-DD' "
-            "strings, datetime.date/datetime objects or numpy.datetime64 values."
-        ) from None
-    if np.isnat(out):
-        raise TimeAxisError(f"The {what} {value!r} is not a valid date (NaT). Give a real date.")
-    return out
+    """Return ``value`` as ``numpy.datetime64[ns]`` with :func:`xfusion._dates.parse_date`
+    (ISO, ``YYYYMMDD``, ``YYYY-DDD``, date/datetime objects; 1972-2100); raise
+    :class:`TimeAxisError` otherwise."""
+    from xfusion._dates import parse_date
+
+    return parse_date(value, what=what)
 
 
 def _fmt_date(t: np.datetime64) -> str:

@@ -41,7 +41,6 @@ the file.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -83,14 +82,13 @@ def _fail(field_name: str, found: Any, fix: str) -> JobError:
 
 
 def _date(value: Any, name: str) -> str:
-    import pandas as pd
+    from xfusion._dates import parse_date
+    from xfusion.errors import TimeAxisError
 
-    if isinstance(value, _dt.date | _dt.datetime):
-        return pd.Timestamp(value).strftime("%Y-%m-%d")
     try:
-        return pd.Timestamp(str(value)).strftime("%Y-%m-%d")
-    except (ValueError, TypeError):
-        raise _fail(name, value, "Give a date as YYYY-MM-DD.") from None
+        return str(parse_date(value, what=f"date in {name!r}"))[:10]
+    except TimeAxisError as err:
+        raise _fail(name, value, str(err)) from None
 
 
 @dataclass(frozen=True, kw_only=True)

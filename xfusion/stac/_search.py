@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -40,7 +41,12 @@ def _time_value(value: Any, what: str) -> str | None:
     if value is None or (isinstance(value, str) and value.strip() in ("", "..")):
         return None
     if isinstance(value, str):
-        return value.strip()
+        text = value.strip()
+        if re.fullmatch(r"\d{8}|A?\d{4}-?\d{3}", text):  # YYYYMMDD, YYYY-DDD: as elsewhere
+            from xfusion._dates import parse_date
+
+            return str(parse_date(text, what=f"time {what}"))[:10]
+        return text
     import pandas as pd
 
     try:
