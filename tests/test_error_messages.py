@@ -340,16 +340,19 @@ def test_baseline_no_pair_on_requested_side():
 
 
 def test_baseline_without_observed_coords():
-    ds = cube().drop_vars(["observed_fine", "observed_coarse"])
-    with pytest.raises(
-        TimeAxisError,
-        match=r"baseline\(\) cannot tell which dates have observations to predict: the cube has no "
-        r"\['observed_fine', 'observed_coarse'\] coordinate\(s\)\. .*xfusion\.cube\.mark_observed\(ds\)"
-        r".*explicit `targets=\[\.\.\.\]` and `pairs=\[\.\.\.\]`",
-    ):
-        baseline(ds, fine="fine", coarse="coarse")
-    with pytest.raises(TimeAxisError, match=r"to choose pairs \('nearest'\)"):
-        baseline(ds, fine="fine", coarse="coarse", targets="2020-01-05")
+    """Undeclared availability is scanned from the data on first use (Pangeo-built cubes)."""
+    full = cube()
+    full = full.assign(fine=full.fine.where(full.observed_fine),
+                       coarse=full.coarse.where(full.observed_coarse))
+    ds = full.drop_vars(["observed_fine", "observed_coarse"])
+    got = baseline(ds, fine="fine", coarse="coarse")
+    want = baseline(full, fine="fine", coarse="coarse")
+    np.testing.assert_array_equal(got.time.values, want.time.values)
+    np.testing.assert_array_equal(got.fine.values, want.fine.values)
+    # a cube with no fine observation at all: the scan says so, in the usual words
+    empty = ds.assign(fine=ds.fine * np.nan)
+    with pytest.raises(NoOverlapError, match="found no pair"):
+        baseline(empty, fine="fine", coarse="coarse", targets="2020-01-05")
 
 
 def test_baseline_pair_not_observed():

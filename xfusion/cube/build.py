@@ -719,14 +719,77 @@ def from_numpy(
     return xr.Dataset(variables, coords=coords)
 
 
+_SCANNED: dict[tuple[str, str], np.ndarray] = {}
+"""Observation flags scanned on first use, by (variable name, dask token)."""
+
+
+def observed_flags(ds: xr.Dataset, names: Sequence[str], /) -> dict[str, np.ndarray]:
+    """Per-time "any valid pixel" flags of ``names``: the ``observed_<name>`` coordinates when
+    the cube declares them, else scanned from the data once (one dask compute over the
+    variables that need it; remembered for the same lazy variables).
+
+    Pixels equal to a declared nodata value (``attrs["nodata"]``/``_FillValue``) count as
+    missing. Cubes built with :func:`from_geotiffs`, :func:`from_numpy` or
+    :func:`xfusion.load_pair` declare the flags; cubes built the Pangeo way (rioxarray +
+    ``xr.concat``, ``xr.open_zarr``) are scanned the first time a method needs to choose dates.
+    """
+    import logging
+
+    import dask
+    from dask.base import tokenize
+
+    from xfusion.cube.validate import observed_times
+    from xfusion.errors import MissingDimensionError
+
+    out: dict[str, np.ndarray] = {}
+    todo: list[tuple[str, tuple[str, str], Any]] = []
+    for n in names:
+        declared = observed_times(ds, n)
+        if declared is not None:
+            out[n] = declared
+            continue
+        var = ds[n]
+        if TIME not in var.dims:
+            raise MissingDimensionError(
+                f"Variable {n!r} has no time dimension (dims {tuple(var.dims)!r}), so it has no "
+                "per-time availability to mark. Leave it out of names=."
+            )
+        key = (str(n), tokenize(var.variable, var.attrs.get("nodata"), var.encoding.get(
+            "_FillValue")))
+        if key in _SCANNED:
+            out[n] = _SCANNED[key]
+            continue
+        valid = var.notnull()
+        nd = get_nodata(var)
+        if nd is not None:
+            valid = valid & (var != nd)
+        todo.append((n, key, valid.any(dim=[d for d in var.dims if d != TIME])))
+    if todo:
+        logging.getLogger("xfusion").info(
+            "xfusion: scanning %s for the dates with observations (once; declare "
+            "observed_<name> coordinates, e.g. with xfusion.mark_observed, to skip this)",
+            [n for n, _, _ in todo],
+        )
+        (computed,) = dask.compute([f for _, _, f in todo])
+        for (n, key, _), f in zip(todo, computed, strict=True):
+            flags = np.asarray(f.values, dtype=bool)
+            if len(_SCANNED) > 256:
+                _SCANNED.clear()
+            _SCANNED[key] = flags
+            out[n] = flags
+    return out
+
+
 def mark_observed(ds: xr.Dataset, /, names: Iterable[str] | str | None = None) -> xr.Dataset:
     """Compute the ``observed_<name>`` coordinates: True at times with any finite pixel.
 
     This function is **eager on purpose**: it reads every pixel of the named variables once
     (one dask compute for all of them). Builders such as :func:`from_geotiffs` set these
-    coordinates for free; use this for cubes built elsewhere (``xr.open_zarr``,
-    ``odc.stac.load`` without ``observed_*``...). Pixels equal to a declared nodata value
-    (``attrs["nodata"]``/``_FillValue``) count as missing.
+    coordinates for free; the methods scan cubes built elsewhere (``xr.open_zarr``,
+    rioxarray + ``xr.concat``, ``odc.stac.load`` without ``observed_*``...) on first use with
+    :func:`observed_flags`, so calling this is optional: it only makes the flags part of the
+    cube. Pixels equal to a declared nodata value (``attrs["nodata"]``/``_FillValue``) count
+    as missing.
 
     Parameters
     ----------
@@ -748,10 +811,6 @@ def mark_observed(ds: xr.Dataset, /, names: Iterable[str] | str | None = None) -
     MissingDimensionError
         A named variable lacks ``time`` or the spatial dims.
     """
-    import dask
-
-    from xfusion.errors import MissingDimensionError
-
     if names is None:
         names = [str(n) for n, v in ds.data_vars.items() if TIME in v.dims]
     elif isinstance(names, str):
@@ -759,23 +818,11 @@ def mark_observed(ds: xr.Dataset, /, names: Iterable[str] | str | None = None) -
     names = list(names)
     require_vars(ds, names)
     spatial_dims(ds, name="cube")
-    flags = []
-    for n in names:
-        var = ds[n]
-        if TIME not in var.dims:
-            raise MissingDimensionError(
-                f"Variable {n!r} has no time dimension (dims {tuple(var.dims)!r}), so it has no "
-                "per-time availability to mark. Leave it out of names=."
-            )
-        valid = var.notnull()
-        nd = get_nodata(var)
-        if nd is not None:
-            valid = valid & (var != nd)
-        flags.append(valid.any(dim=[d for d in var.dims if d != TIME]))
-    (computed,) = dask.compute(flags)
+    bare = ds.drop_vars([f"observed_{n}" for n in names if f"observed_{n}" in ds.coords])
+    flags = observed_flags(bare, names)
     out = ds.copy()
-    for n, f in zip(names, computed, strict=True):
-        out.coords[f"observed_{n}"] = (TIME, np.asarray(f.values, dtype=bool))
+    for n in names:
+        out.coords[f"observed_{n}"] = (TIME, flags[n])
     return out
 
 

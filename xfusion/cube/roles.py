@@ -258,22 +258,21 @@ def match_times(ds: xr.Dataset, values: Any, *, what: str = "target") -> np.ndar
     return np.asarray(out, dtype=np.intp)
 
 
-def _observed(ds: xr.Dataset, names: Sequence[str]) -> np.ndarray | None:
-    """AND of ``observed_<name>`` over ``names``; None when any of them lacks the coordinate."""
-    flags = [observed_times(ds, n) for n in names]
-    if any(f is None for f in flags):
+def _observed(ds: xr.Dataset, names: Sequence[str], *, scan: bool = True) -> np.ndarray | None:
+    """AND of the per-time observation flags of ``names``: the declared ``observed_<name>``
+    coordinates, else (``scan``) scanned from the data once
+    (:func:`xfusion.cube.build.observed_flags`); None when undeclared and not scanned."""
+    from xfusion.cube.build import observed_flags
+
+    if not names:
         return None
-    return np.logical_and.reduce([f for f in flags if f is not None])
-
-
-def _missing_observed(roles: Roles, ds: xr.Dataset, *, method: str, need: str) -> NoReturn:
-    lacking = [n for n in (*roles.fine, *roles.coarse) if observed_times(ds, n) is None]
-    raise TimeAxisError(
-        f"{method}() cannot tell which dates have observations to {need}: the cube has no "
-        f"{[f'observed_{n}' for n in lacking]!r} coordinate(s). Compute them once with "
-        "`ds = xfusion.cube.mark_observed(ds)` (reads the data), or pass explicit "
-        "`targets=[...]` and `pairs=[...]` dates."
-    )
+    if not scan:
+        declared = [observed_times(ds, n) for n in names]
+        if any(d is None for d in declared):
+            return None
+        return np.logical_and.reduce(declared)
+    flags = observed_flags(ds, list(names))
+    return np.logical_and.reduce([flags[n] for n in names])
 
 
 def select_targets(
@@ -298,11 +297,10 @@ def select_targets(
         Unknown dates, coarse not observed at a target, no availability coordinates with
         default targets, or no target found.
     """
-    c_obs = _observed(ds, roles.coarse)
+    c_obs = _observed(ds, roles.coarse, scan=targets is None)
     if targets is None:
         f_obs = _observed(ds, roles.fine)
-        if f_obs is None or c_obs is None:
-            _missing_observed(roles, ds, method=method, need="predict")
+        assert f_obs is not None and c_obs is not None
         idx = np.flatnonzero(c_obs & ~f_obs)
         if idx.size == 0:
             raise TimeAxisError(
@@ -341,8 +339,7 @@ def sort_targets(target_idx: np.ndarray, *others: np.ndarray) -> tuple[np.ndarra
 
 def _pair_mask(ds: xr.Dataset, roles: Roles, *, method: str, rule: str) -> np.ndarray:
     f_obs, c_obs = _observed(ds, roles.fine), _observed(ds, roles.coarse)
-    if f_obs is None or c_obs is None:
-        _missing_observed(roles, ds, method=method, need=f"choose pairs ({rule!r})")
+    assert f_obs is not None and c_obs is not None
     return f_obs & c_obs
 
 
@@ -428,7 +425,9 @@ def select_pairs(
 
 
 def _require_pair_dates(ds: xr.Dataset, roles: Roles, idx: np.ndarray, *, method: str) -> None:
-    f_obs, c_obs = _observed(ds, roles.fine), _observed(ds, roles.coarse)
+    # explicit pair dates: checked against declared availability only (no scan: stays lazy)
+    f_obs = _observed(ds, roles.fine, scan=False)
+    c_obs = _observed(ds, roles.coarse, scan=False)
     times = _time_values(ds)
     ok = np.ones(times.size, dtype=bool)
     for obs in (f_obs, c_obs):

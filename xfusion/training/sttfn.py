@@ -22,7 +22,7 @@ import xarray as xr
 from xfusion._compat import lazy_import
 from xfusion.config import check_device, check_precision
 from xfusion.cube.roles import Roles, require_choice, resolve_roles, stack_vars
-from xfusion.cube.validate import TIME, observed_times
+from xfusion.cube.validate import TIME
 from xfusion.errors import InvalidParameterError, NotEnoughDataError
 
 if TYPE_CHECKING:
@@ -155,10 +155,12 @@ def fmt_day(t: Any) -> str:
 
 
 def pair_flags(ds: xr.Dataset, roles: Roles) -> np.ndarray | None:
-    flags = [observed_times(ds, n) for n in (*roles.fine, *roles.coarse)]
-    if any(f is None for f in flags):
-        return None
-    return np.logical_and.reduce(flags)
+    """Dates where every fine and coarse variable is observed (scanned on first use)."""
+    from xfusion.cube.build import observed_flags
+
+    names = [*roles.fine, *roles.coarse]
+    flags = observed_flags(ds, names)
+    return np.logical_and.reduce([flags[n] for n in names])
 
 
 def band_units(ds: xr.Dataset, names: Sequence[str]) -> list[str | None]:
