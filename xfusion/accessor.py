@@ -16,6 +16,8 @@ import xarray as xr
 
 from xfusion.cube.validate import validate_cube
 from xfusion.methods.baseline import baseline
+from xfusion.methods.composite import composite
+from xfusion.methods.dms import dms
 from xfusion.methods.gapfill import gapfill
 from xfusion.methods.harmonize import harmonize
 from xfusion.methods.starfm import starfm
@@ -54,11 +56,22 @@ class FusionDatasetAccessor(_FusionBase):
     starfm = _delegate(starfm)
     sttfn = _delegate(sttfn)
     super_resolve = _delegate(super_resolve)
+    dms = _delegate(dms)
     harmonize = _delegate(harmonize)
+    composite = _delegate(composite)
 
 
 @xr.register_dataarray_accessor("fusion")
 class FusionDataArrayAccessor(_FusionBase):
-    """Fusion methods on a single variable (``da.fusion.<method>(...)``)."""
+    """Methods whose input is one variable (``da.fusion.<method>(...)``).
+
+    ``super_resolve`` and ``dms`` (a coarse image and a guide), ``composite`` (a time series)
+    and ``gapfill`` (an optical series; the SAR-guided default also needs the SAR features,
+    so give a Dataset for it, or ``sar=[...]`` DataArrays). The fusion methods (``baseline``,
+    ``starfm``, ``sttfn``, ``estarfm``, ``fsdaf``, ``fitfc``) read a fine AND a coarse variable,
+    and ``harmonize`` several bands: they live on ``ds.fusion`` only.
+    """
 
     super_resolve = _delegate(super_resolve)
+    dms = _delegate(dms)
+    composite = _delegate(composite)
