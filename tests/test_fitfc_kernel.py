@@ -12,12 +12,13 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
+import _ref_fitfc as R
 import numpy as np
 import pytest
 
-import _ref_fitfc as R
 from xfusion.methods import _fitfc_kernel as K
 
 
@@ -101,7 +102,7 @@ def test_wang_variations_match_brute_force(rng, kw):
 
 
 def test_wang_fill_residual_fills_only_where_taps_are_missing(rng):
-    f1, c1, c2, c1f, c2f = wang_inputs(rng, holes=False)
+    f1, _, c2, c1f, _ = wang_inputs(rng, holes=False)
     c2[0, 2, 2] = np.nan
     plain = K.wang_block(f1, c1f, up(c2, 4), s=4, sf_half_window=3, n_similar=5)
     filled = K.wang_block(f1, c1f, up(c2, 4), s=4, sf_half_window=3, n_similar=5,
@@ -285,8 +286,8 @@ def test_matlab_bicubic_taps_match_the_contributions():
                 if v != 0:
                     want[k] = want.get(k, 0.0) + v
             assert got.keys() == want.keys()
-            for k in got:
-                assert got[k] == pytest.approx(want[k], abs=1e-15)
+            for k, v in got.items():
+                assert v == pytest.approx(want[k], abs=1e-15)
     # MATLAB imresize of a constant is the constant; of a linear ramp, a ramp inside
     np.testing.assert_allclose(R.imresize_bicubic(np.full((4, 5), 3.0), 4), 3.0, rtol=1e-14)
 
@@ -313,7 +314,7 @@ def test_opencv_taps():
 
 def _split(n, cuts):
     edges = [0, *cuts, n]
-    return list(zip(edges[:-1], edges[1:], strict=True))
+    return list(itertools.pairwise(edges))
 
 
 @pytest.mark.parametrize("variant", ["wang", "imagefusion"])
