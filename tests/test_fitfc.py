@@ -362,7 +362,7 @@ def test_numpy_equals_dask_multiple_targets(rng, backend):
 
 @pytest.mark.parametrize("preset", ["wang", "imagefusion"])
 def test_no_change_gives_the_filtered_fine_image(rng, preset):
-    ds, f1, c1, _ = wang_case(rng, holes=False, bands=1)
+    ds, f1, _c1, _ = wang_case(rng, holes=False, bands=1)
     ds["coarse_red"].values[1] = ds["coarse_red"].values[0]
     kw = {"sf_half_window": 3, "n_similar": 5, "diagnostics": True}
     if preset == "wang":
@@ -381,7 +381,7 @@ def test_no_change_gives_the_filtered_fine_image(rng, preset):
 
 
 def test_global_affine_change(rng):
-    ds, f1, c1, _ = wang_case(rng, holes=False, bands=2)
+    ds, f1, _c1, _ = wang_case(rng, holes=False, bands=2)
     alpha, beta = 0.8, 120.0
     for v in ("coarse_red", "coarse_nir"):
         ds[v].values[1] = alpha * ds[v].values[0].astype(np.float64) + beta
@@ -645,7 +645,7 @@ def test_presets_params_and_halo():
     assert imf.resolution_factor == 30 and imf.similarity_bands == "all" and imf.border == "clip"
     assert FITFC_PRESETS["lst"].data_range == (150.0, 400.0)
     names = {p.name for p in PARAMS}
-    assert {f for f in FitfcParams.__dataclass_fields__} <= names
+    assert set(FitfcParams.__dataclass_fields__) <= names
     assert {"preset", "variant", "scale_factor", "pairs", "diagnostics", "device"} <= names
     p, _ = F._resolve_params("wang", None, {"sf_half_window": 10})
     assert p.distance_scale == 10.5  # A follows w0 when only w0 is given
