@@ -351,6 +351,20 @@ def _fill_normalised(src, iy, wy, ix, wx, out, min_weight):  # pragma: no cover
             out[r, c] = num / den if den >= min_weight else 0.0
 
 
+@njit(cache=True, nogil=True)
+def _apply_cells(f1, a, b, cell_y, cell_x, res, add_res, out, oy, ox):  # pragma: no cover
+    # out[oy + y, ox + x] = a[cell] * f1[y, x] + b[cell] (+ res[y, x])
+    ny, nx = f1.shape
+    for y in range(ny):
+        cy = cell_y[y]
+        for x in range(nx):
+            cx = cell_x[x]
+            v = a[cy, cx] * np.float64(f1[y, x]) + b[cy, cx]
+            if add_res:
+                v += res[y, x]
+            out[oy + y, ox + x] = v
+
+
 # ---------------------------------------------------------------------------------------------
 # numba: fine-grid regression of "imagefusion"
 
@@ -821,6 +835,37 @@ def _pad(
     return p
 
 
+def _fill_margins(p: np.ndarray, h: int, sides: tuple[bool, bool, bool, bool],
+                  replicate: bool) -> None:  # fmt: skip
+    """Fill the ``h``-wide margins of an array padded in place (its interior already set):
+    edge replication on image-edge sides when ``replicate``, NaN everywhere else."""
+    if h == 0:
+        return
+    top, bottom, left, right = sides
+    p[..., :h, :] = np.nan
+    p[..., -h:, :] = np.nan
+    p[..., :, :h] = np.nan
+    p[..., :, -h:] = np.nan
+    if not replicate:
+        return
+    if left:
+        p[..., h:-h, :h] = p[..., h:-h, h : h + 1]
+    if right:
+        p[..., h:-h, -h:] = p[..., h:-h, -h - 1 : -h]
+    if top:
+        p[..., :h, :] = p[..., h : h + 1, :]
+        if not left:
+            p[..., :h, :h] = np.nan
+        if not right:
+            p[..., :h, -h:] = np.nan
+    if bottom:
+        p[..., -h:, :] = p[..., -h - 1 : -h, :]
+        if not left:
+            p[..., -h:, :h] = np.nan
+        if not right:
+            p[..., -h:, -h:] = np.nan
+
+
 def spatial_filter(
     sim: np.ndarray,
     val: np.ndarray,
@@ -834,8 +879,12 @@ def spatial_filter(
     border: str,
     after: np.ndarray | None = None,
     threads: int | None = 1,
+    padded: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Similar-pixel filter of ``val`` ``(B, Y, X)`` guided by ``sim`` ``(K, Y, X)``.
+
+    With ``padded=True`` both already carry ``half_window`` margins filled as
+    :func:`_fill_margins` does (no copies are made); ``interior`` is then in unpadded pixels.
 
     ``interior`` is ``(r0, r1, c0, c1)``: the pixels to predict (their windows must lie in the
     block, or reach an image edge: ``edges`` says which block sides are image edges). NaN in
@@ -845,8 +894,11 @@ def spatial_filter(
     r0, r1, c0, c1 = interior
     h = int(half_window)
     replicate = border == "replicate"
-    simp = np.ascontiguousarray(_pad(sim, h, edges, replicate))
-    valp = np.ascontiguousarray(_pad(val, h, edges, replicate))
+    if padded:
+        simp, valp = sim, val
+    else:
+        simp = np.ascontiguousarray(_pad(sim, h, edges, replicate))
+        valp = np.ascontiguousarray(_pad(val, h, edges, replicate))
     odi, odj, okey, ow, sdi, sdj, skey, sidx = _offsets(h, order, distance_scale)
     nb = val.shape[0]
     out = np.empty((nb, r1 - r0, c1 - c0), np.float64)
@@ -912,6 +964,7 @@ def wang_block(
     border: str = "replicate",
     fill_residual: bool = False,
     threads: int | None = 1,
+    intermediates: bool = True,
 ) -> FitfcBlockResult:
     """Fit-FC, variant "wang", for one target on a block of the fine grid.
 
@@ -935,6 +988,9 @@ def wang_block(
         See :class:`xfusion.methods.fitfc.FitfcParams`.
     threads : int, optional
         Threads of the spatial filter (row bands).
+    intermediates : bool, default True
+        Also return ``a``, ``b`` and the residual on the interior (else empty arrays, and
+        less memory: about ``(B + K + 2)`` float64 planes of the block).
 
     Returns
     -------
@@ -965,43 +1021,55 @@ def wang_block(
     cell_y = (np.arange(g0y, g0y + ny) + py) // s - cy0
     cell_x = (np.arange(g0x, g0x + nx) + px) // s - cx0
 
-    z = np.empty((nb, ny, nx))
-    res = np.empty((nb, ny, nx))
-    a_f = np.empty((nb, ny, nx))
-    b_f = np.empty((nb, ny, nx))
+    h = int(sf_half_window)
+    after_mode = residual != "before_filter"
+    # Z (and the similarity bands) are written straight into arrays padded for the filter
+    zp = np.empty((nb, ny + 2 * h, nx + 2 * h))
+    nkeep = nb if (intermediates or after_mode) else 1
+    res = np.empty((nkeep, ny, nx))
+    ni, nj = r1 - r0, col1 - col0
+    a_i = np.empty((nb if intermediates else 0, ni, nj))
+    b_i = np.empty_like(a_i)
     cm1 = np.empty((cy1 - cy0, cx1 - cx0))
     cm2 = np.empty_like(cm1)
     a = np.empty_like(cm1)
     b = np.empty_like(cm1)
     for band in range(nb):
+        rband = res[band if nkeep > 1 else 0]
         _cell_means(c1[band], s, py, px, g0y, g0x, ny_img, nx_img, cy0, cx0, cm1)
         _cell_means(c2[band], s, py, px, g0y, g0x, ny_img, nx_img, cy0, cx0, cm2)
         _guided_ab(cm1, cm2, whole, int(rm_radius), float(eps), cy0, cx0, ncy_img, ncx_img, a, b)
         rb = cm2 - (a * cm1 + b)
-        _separable(rb, iy, wy, ix, wx, True, res[band])
+        _separable(rb, iy, wy, ix, wx, True, rband)
         if fill_residual:
-            _fill_normalised(rb, iy, wy, ix, wx, res[band], 0.25)
-        a_f[band] = a[cell_y][:, cell_x]
-        b_f[band] = b[cell_y][:, cell_x]
-        z[band] = a_f[band] * f1[band] + b_f[band]
+            _fill_normalised(rb, iy, wy, ix, wx, rband, 0.25)
+        _apply_cells(f1[band], a, b, cell_y, cell_x, rband, not after_mode, zp[band], h, h)
+        if intermediates:
+            a_i[band] = a[cell_y[r0:r1]][:, cell_x[col0:col1]]
+            b_i[band] = b[cell_y[r0:r1]][:, cell_x[col0:col1]]
     # candidates need every band of F1 observed
-    bad = np.isnan(f1).any(axis=0)
+    bad = np.zeros((ny, nx), np.bool_)
+    for band in range(nb):
+        bad |= np.isnan(f1[band])
     idx = list(range(nb)) if sim_bands is None else list(sim_bands)
-    sim = f1[idx].astype(np.float64)
-    sim[:, bad] = np.nan
-    after = None
-    if residual == "before_filter":
-        z += res
-    else:
-        after = res
+    simp = np.empty((len(idx), ny + 2 * h, nx + 2 * h))
+    for q, band in enumerate(idx):
+        inner = simp[q, h : h + ny, h : h + nx]
+        inner[...] = f1[band]
+        inner[bad] = np.nan
     edges = (g0y == 0, g0y + ny == ny_img, g0x == 0, g0x + nx == nx_img)
+    replicate = border == "replicate"
+    _fill_margins(zp, h, edges, replicate)
+    _fill_margins(simp, h, edges, replicate)
     pred, nused = spatial_filter(
-        sim, z, interior=(r0, r1, col0, col1), edges=edges, half_window=sf_half_window,
-        n_similar=n_similar, distance_scale=scale_a, order="wang", border=border, after=after,
-        threads=threads,
+        simp, zp, interior=(r0, r1, col0, col1), edges=edges, half_window=h,
+        n_similar=n_similar, distance_scale=scale_a, order="wang", border=border,
+        after=res if after_mode else None, threads=threads, padded=True,
     )  # fmt: skip
+    del zp, simp
     sl = (slice(None), slice(r0, r1), slice(col0, col1))
-    return FitfcBlockResult(pred, a_f[sl], b_f[sl], res[sl], nused)
+    res_i = res[sl] if intermediates else np.empty((0, ni, nj))
+    return FitfcBlockResult(pred, a_i, b_i, res_i, nused)
 
 
 def _saturate(v: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -575,23 +575,25 @@ def _fitfc_task(
     }  # fmt: skip
     del image_shape
     for t in range(ntar):
-        arrays = [np.asarray(a[t], dtype=np.float64) for a in (f1, c1, c2)]
+        arrays = [a[t] for a in (f1, c1, c2)]  # views: the kernel reads any float type
         if p.data_range is not None:
             lo, hi = p.data_range
-            for a, lab in zip(arrays, labels[t], strict=True):
+            for q, lab in enumerate(labels[t]):
+                a = arrays[q]
                 _check_range(a, lo, hi, lab)
                 with np.errstate(invalid="ignore"):
-                    a[(a < lo) | (a > hi)] = np.nan
+                    arrays[q] = np.where((a < lo) | (a > hi), np.nan, a)
         for b in range(nband):
             out[t, b * k] = _to_output(np.full(out.shape[-2:], np.nan),
                                        np.dtype(out_dtypes[b]), out_fills[b])  # fmt: skip
             out[t, b * k + 1 : b * k + k] = np.nan
         if not inside:
             continue
-        arrays = [np.ascontiguousarray(a[(slice(None), *sub)]) for a in arrays]
+        arrays = [a[(slice(None), *sub)] for a in arrays]
         if p.variant == "wang" and grid_s is not None:
             res = wang_block(*arrays, s=grid_s, phase=phase if p.edge_cells == "partial" else
-                             (0, 0), rm_radius=p.rm_radius, eps=p.eps, **common)  # fmt: skip
+                             (0, 0), rm_radius=p.rm_radius, eps=p.eps,
+                             intermediates=diagnostics, **common)  # fmt: skip
         else:
             res = imagefusion_block(
                 *arrays, rm_window=p.rm_window, resolution_factor=p.resolution_factor,
