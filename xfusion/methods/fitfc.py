@@ -795,8 +795,8 @@ def fitfc(
         Overrides of :class:`FitfcParams`: ``rm_radius``, ``rm_window``, ``sf_half_window``,
         ``n_similar``, ``distance_scale``, ``eps``, ``residual`` (``"before_filter"`` |
         ``"after_filter"``), ``resolution_factor``, ``similarity_bands``, ``border``
-        (``"replicate"`` | ``"clip"``), ``fill_residual``, ``data_range`` (see the class for
-        each).
+        (``"replicate"`` | ``"clip"``), ``fill_residual``, ``edge_cells`` (``"drop"`` |
+        ``"partial"``), ``data_range`` (see the class for each).
 
     Returns
     -------
@@ -848,7 +848,10 @@ def fitfc(
     cube starting inside a cell (cell edges not at multiples of ``s``), the cells are
     anchored at that offset instead (``"phase"`` in ``attrs["xfusion_fitfc"]``), so that no
     cell mixes two coarse pixels; with an explicit ``scale_factor``, crop the cube to a cell
-    edge first. Images need not be a multiple of ``s`` (edge cells are partial).
+    edge first. As the scripts need whole cells, only whole cells are predicted by default
+    (``edge_cells="drop"``: the image is cut to whole cells from the cell grid's origin, the
+    rest is NaN, exactly as the reference run crops it); ``edge_cells="partial"`` averages the
+    edge cells over the pixels they have and predicts every pixel.
 
     **Variant "imagefusion"**. On the fine grid: per pixel, OLS of ``C2`` on ``C1`` over the
     ``rm_window`` window (clipped, valid pixels; ``a = 1, b = 0`` when ``|det| < 1e-14``),
