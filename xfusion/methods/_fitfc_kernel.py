@@ -722,7 +722,11 @@ def _sf_rows(
             for t in range(n):
                 b = t * nsel
                 redo = False
-                if cnt[t] < nsel and guess[t] < np.inf:  # the filter was too tight
+                centre_ok = True
+                for q in range(nk):
+                    if np.isnan(cen[q, t]):
+                        centre_ok = False
+                if cnt[t] < nsel and guess[t] < np.inf and centre_ok:  # filter too tight
                     redo = True
                     nexact[1] += 1
                 elif (cnt[t] >= nsel and amb_d[t] == hd[b + nsel - 1]
