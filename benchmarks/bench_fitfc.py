@@ -271,7 +271,7 @@ def _stream(size: int, chunk: int, store: str, preset: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def rss(size: int = 10000, chunk: int = 2048, preset: str = "wang") -> dict[str, Any]:
+def rss(size: int = 10000, chunk: int = 1024, preset: str = "wang") -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
             [sys.executable, __file__, "--stream", "--size", str(size), "--chunk", str(chunk),
@@ -372,7 +372,7 @@ def main() -> None:
     p.add_argument("--json", default=os.path.join("bench_out", "bench_fitfc.json"))
     p.add_argument("--stream", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, default=10000)
-    p.add_argument("--chunk", type=int, default=2048)
+    p.add_argument("--chunk", type=int, default=1024)
     p.add_argument("--preset", default="wang")
     p.add_argument("--store", default=None)
     a = p.parse_args()

@@ -877,8 +877,11 @@ def fitfc(
 
     **Chunks and memory.** Each chunk gets a halo of :func:`halo` pixels (``boundary="none"``)
     and is computed from global positions in a fixed order, so any chunking gives
-    bit-identical output; a task holds one target's bands of a chunk plus halo in float64
-    (about ``15 B`` planes). No statistic spans the image, so nothing is kept between tasks.
+    bit-identical output; a task holds one target's bands of a chunk plus halo, about
+    ``B + K + 2`` float64 planes in the kernel ("wang"; K similarity bands). No statistic
+    spans the image, so nothing is kept between tasks. Streaming a 10000 x 10000 band to Zarr
+    peaks at about 1.1 GB with 1024 px chunks (2.3 GB with 2048 px: each chunk's 3 x 3
+    neighbours are held for its halo), see ``benchmarks/fitfc_results.md``.
 
     **Speed.** The SF dominates: ``(2 w0 + 1)^2`` candidate scores per pixel, shared by all
     bands; only candidates that can enter a pixel's list of ``N_S`` take the scalar path.
