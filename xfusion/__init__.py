@@ -22,6 +22,7 @@ from xfusion.methods.composite import (
     time_gaps,
 )
 from xfusion.methods.dms import dms
+from xfusion.methods.fitfc import fitfc
 from xfusion.methods.gapfill import gapfill
 from xfusion.methods.harmonize import harmonize, train_harmonizer
 from xfusion.methods.starfm import starfm
@@ -52,6 +53,7 @@ __all__ = [
     "composite",
     "dms",
     "errors",
+    "fitfc",
     "from_geotiffs",
     "from_numpy",
     "gapfill",

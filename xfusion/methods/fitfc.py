@@ -23,14 +23,7 @@ import numpy as np
 import xarray as xr
 
 from xfusion.config import check_device
-from xfusion.cube.validate import TIME, get_geobox, get_nodata, require_same_grid
-from xfusion.errors import (
-    GridMismatchError,
-    InvalidParameterError,
-    MissingDimensionError,
-    XFusionError,
-)
-from xfusion.methods._common import (
+from xfusion.cube.roles import (
     assemble_result,
     float_data,
     require_choice,
@@ -39,13 +32,19 @@ from xfusion.methods._common import (
     select_targets,
     sort_targets,
 )
+from xfusion.cube.validate import TIME, get_geobox, get_nodata, require_same_grid
+from xfusion.errors import (
+    GridMismatchError,
+    InvalidParameterError,
+    MissingDimensionError,
+    XFusionError,
+)
 
 __all__ = [
     "FITFC_PRESETS",
     "FITFC_VARIANTS",
     "PARAMS",
     "FitfcParams",
-    "ParamInfo",
     "fitfc",
     "halo",
 ]
@@ -135,95 +134,29 @@ FITFC_PRESETS: dict[str, FitfcParams] = {
 """Parameter presets by name (see :func:`fitfc`, Notes)."""
 
 
-@dataclass(frozen=True)
-class ParamInfo:
-    """Description of one keyword parameter of :func:`fitfc` (for registries and the CLI)."""
+def _registry_params() -> tuple[Any, ...]:
+    from xfusion.methods.registry import get
 
-    name: str
-    """Keyword name."""
-    type: str
-    """``"int"``, ``"float"``, ``"bool"``, ``"str"``, ``"range"`` (lo,hi), ``"bands"``
-    (comma-separated names/positions or ``all``), ``"date"``..."""
-    default: Any
-    """Default (``None``: from the preset or derived, see the help)."""
-    choices: tuple[str, ...] | None
-    """Allowed values of a string parameter."""
-    help: str
-    """One line of help."""
+    return get("fitfc").params
 
 
-PARAMS: tuple[ParamInfo, ...] = (
-    ParamInfo(
-        "preset",
-        "str",
-        "wang",
-        ("wang", "imagefusion", "lst"),
-        "wang (MATLAB scripts), imagefusion (ImageFusion C++), lst (kelvin)",
-    ),
-    ParamInfo("variant", "str", None, FITFC_VARIANTS, "algorithm variant; default the preset's"),
-    ParamInfo(
-        "scale_factor",
-        "int",
-        None,
-        None,
-        "coarse pixel size in fine pixels (wang); default from attrs or block-constant coarse data",
-    ),
-    ParamInfo(
-        "pairs",
-        "str",
-        "nearest",
-        None,
-        "nearest (before, else after), before, after, or a pair date YYYY-MM-DD",
-    ),
-    ParamInfo("rm_radius", "int", 1, None, "RM window radius W in coarse pixels (wang)"),
-    ParamInfo("rm_window", "int", 51, None, "RM window in fine pixels, odd (imagefusion)"),
-    ParamInfo("sf_half_window", "int", None, None, "SF half window w0 (wang 20, imagefusion 25)"),
-    ParamInfo("n_similar", "int", None, None, "similar pixels N_S (wang 20, imagefusion 10)"),
-    ParamInfo(
-        "distance_scale",
-        "float",
-        None,
-        None,
-        "A of 1/(1+d/A) (default (2*w0+1)/2: wang 20.5, imagefusion 25.5)",
-    ),
-    ParamInfo("eps", "float", 2.220446049250313e-16, None, "regulariser of a = cov/(var+eps)"),
-    ParamInfo(
-        "residual",
-        "str",
-        "before_filter",
-        _RESIDUALS,
-        "before_filter (codes) or after_filter (paper)",
-    ),
-    ParamInfo(
-        "resolution_factor",
-        "float",
-        30.0,
-        None,
-        "residual smoothing factor f of imagefusion (1 disables)",
-    ),
-    ParamInfo(
-        "similarity_bands",
-        "bands",
-        None,
-        None,
-        "bands ranking the candidates, e.g. red,nir or all (wang red,nir; imagefusion all)",
-    ),
-    ParamInfo("border", "str", None, _BORDERS, "replicate (wang) or clip (imagefusion)"),
-    ParamInfo("fill_residual", "bool", False, None, "fill residuals with missing taps"),
-    ParamInfo(
-        "edge_cells",
-        "str",
-        "drop",
-        _EDGE_CELLS,
-        "wang: drop (whole coarse cells only, as the scripts) or partial edge cells",
-    ),
-    ParamInfo("data_range", "range", None, None, "LO,HI valid input range (default: all)"),
-    ParamInfo("diagnostics", "bool", False, None, "also return a, b and the residual per band"),
-    ParamInfo("device", "str", "auto", None, "auto or cpu (Fit-FC has a CPU kernel only)"),
-)
-"""Every keyword of :func:`fitfc` with its type, default, choices and help."""
+PARAMS: tuple[Any, ...] = _registry_params()
+"""Every keyword of :func:`fitfc` with its type, default, choices and help: the method
+registry's table (:func:`xfusion.methods.get`), the one the CLI and jobs read."""
 
 _PARAM_NAMES = tuple(f.name for f in fields(FitfcParams))
+
+
+def job_halo(params: Mapping[str, Any], *, resolution: float, weights: str | None = None) -> int:
+    """Pixels a job tile reads around itself (the registry's halo rule for Fit-FC).
+
+    Job tiles hold the coarse data resampled onto the fine grid (bilinear), so Fit-FC runs its
+    fine-grid path unless ``scale_factor`` is given; the bound holds for any tile size.
+    """
+    keys = {k: v for k, v in params.items() if k in _PARAM_NAMES}
+    p, _ = _resolve_params(params.get("preset", "wang"), params.get("variant"), keys)
+    s = params.get("scale_factor")
+    return halo(p, None if s is None else int(s)) + 1
 
 
 def _err(msg: str) -> InvalidParameterError:

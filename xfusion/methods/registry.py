@@ -36,6 +36,7 @@ __all__ = [
     "available",
     "get",
     "markdown_table",
+    "parse_bands",
     "parse_bool",
     "parse_json",
     "parse_range",
@@ -80,6 +81,17 @@ def parse_range(text: str) -> tuple[float, float]:
     return float(parts[0]), float(parts[1])
 
 
+def parse_bands(text: str) -> str | tuple[str | int, ...]:
+    """Parse ``all`` or comma-separated band names / 0-based positions (``red,nir``, ``2,3``)."""
+    t = str(text).strip()
+    if t.lower() == "all":
+        return "all"
+    parts = [p.strip() for p in t.split(",") if p.strip()]
+    if not parts:
+        raise ValueError(f"expected band names such as red,nir or all, found {text!r}")
+    return tuple(int(p) if p.isdigit() else p for p in parts)
+
+
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "str": str,
     "int": int,
@@ -87,6 +99,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "bool": parse_bool,
     "range": parse_range,
     "json": parse_json,
+    "bands": parse_bands,
 }
 PARAM_TYPES: tuple[str, ...] = tuple(_PARSERS)
 """Types a parameter may declare: how its ``KEY=VALUE`` text is parsed."""
@@ -391,6 +404,46 @@ register(Method(
         _p("save", help="folder to save each triplet's trained nets (.safetensors)"),
         _DEVICE,
         _p("precision", choices=("float32", "bf16", "fp16"), help="autocast precision on CUDA"),
+    ),
+))
+
+register(Method(
+    name="fitfc",
+    kind="fusion",
+    function="xfusion.methods.fitfc:fitfc",
+    help="Fit-FC (Wang & Atkinson 2018): local regression of the coarse change, spatial filter "
+    "over similar pixels, residual compensation; variants wang (MATLAB) and imagefusion (C++)",
+    pairs="one",
+    halo="xfusion.methods.fitfc:job_halo",
+    params=(
+        _p("preset", choices=("wang", "imagefusion", "lst"), default="wang",
+           help="wang (MATLAB scripts), imagefusion (ImageFusion C++), lst (kelvin)"),
+        _p("variant", choices=("wang", "imagefusion"),
+           help="algorithm variant; default the preset's"),
+        _p("scale_factor", "int", "coarse pixel size in fine pixels (wang); default from attrs "
+           "or block-constant coarse data"),
+        _p("pairs", default="nearest",
+           help="nearest (before, else after), before, after, or a pair date YYYY-MM-DD"),
+        _p("rm_radius", "int", "RM window radius W in coarse pixels (wang)", default=1),
+        _p("rm_window", "int", "RM window in fine pixels, odd (imagefusion)", default=51),
+        _p("sf_half_window", "int", "SF half window w0 (wang 20, imagefusion 25)"),
+        _p("n_similar", "int", "similar pixels N_S (wang 20, imagefusion 10)"),
+        _p("distance_scale", "float",
+           "A of 1/(1+d/A) (default (2*w0+1)/2: wang 20.5, imagefusion 25.5)"),
+        _p("eps", "float", "regulariser of a = cov/(var+eps)", default=2.220446049250313e-16),
+        _p("residual", choices=("before_filter", "after_filter"), default="before_filter",
+           help="before_filter (codes) or after_filter (paper)"),
+        _p("resolution_factor", "float",
+           "residual smoothing factor f of imagefusion (1 disables)", default=30.0),
+        _p("similarity_bands", "bands", "bands ranking the candidates, e.g. red,nir or all "
+           "(wang red,nir; imagefusion all)"),
+        _p("border", choices=("replicate", "clip"), help="replicate (wang) or clip (imagefusion)"),
+        _p("fill_residual", "bool", "fill residuals with missing taps", default=False),
+        _p("edge_cells", choices=("drop", "partial"), default="drop",
+           help="wang: drop (whole coarse cells only, as the scripts) or partial edge cells"),
+        _p("data_range", "range", "LO,HI valid input range (default: all)"),
+        _p("diagnostics", "bool", "also return a, b and the residual per band", default=False),
+        _p("device", default="auto", help="auto or cpu (Fit-FC has a CPU kernel only)"),
     ),
 ))
 
