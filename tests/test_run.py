@@ -7,8 +7,10 @@ and served by a loopback STAC API. Jobs tile it in 3 x 3 tiles of 64 px.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -181,6 +183,13 @@ def test_tiled_run_equals_whole_aoi_for_a_local_method(aoi, tmp_path):
     assert got.shape == (5, SIZE, SIZE)
     np.testing.assert_array_equal(got, ref["fine"].values.astype("float32"))
     assert np.isfinite(got).mean() > 0.5
+    # the finished job re-run offline (STAC API unreachable) ends at once, exit 0
+    offline = dataclasses.replace(job, url="http://127.0.0.1:9/stac")
+    hits = server.hits("/stac*")
+    again = xfusion.run(offline, client=False, progress=False)
+    assert again.ok and again.tiles_skipped == 9 and again.tiles_written == 0
+    assert server.hits("/stac*") == hits
+    assert re.search(r"\(\d[\d.]* [kMG]?px/s\)", str(report)), str(report)  # readable rate
 
 
 def test_cluster_run_equals_single_process_and_store_is_geo(aoi, client, tmp_path):

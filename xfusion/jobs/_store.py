@@ -134,3 +134,28 @@ def _add_items(zgroup: Any, ids: set[str]) -> None:
         return
     prov["input_items"] = sorted(known | ids)
     zgroup.attrs[PROVENANCE_ATTR] = json.dumps(prov)
+
+
+def finished_markers(job: Job, pl: Plan) -> np.ndarray | None:
+    """The done-markers of an existing store of this job whose every tile is done, else None.
+
+    Checked before anything is searched, so a finished job re-run offline (no STAC API) ends at
+    once: the store must hold this job's fingerprint and the same tile grid.
+    """
+    from xfusion.io.tiled import MARKER_NAME
+    from xfusion.io.zarr import LAYOUT_ATTR, existing_group
+
+    existing = existing_group(job.store, None, None)
+    if existing is None or MARKER_NAME not in existing:
+        return None
+    layout = existing.attrs.get(LAYOUT_ATTR)
+    if layout is None:
+        return None
+    layout = json.loads(layout) if isinstance(layout, str) else layout
+    if layout.get("job") != json.loads(json.dumps(_fingerprint(job, _weights_sha256(job.weights)))):
+        return None
+    status = np.asarray(existing[MARKER_NAME][...])
+    if status.shape != tuple(pl.grid) or not np.all(status > 0):
+        return None
+    return status
+

@@ -56,6 +56,7 @@ from xfusion.jobs._store import (
     EMPTY,
     _add_items,
     _open_or_create,
+    finished_markers,
 )
 from xfusion.jobs._tile import run_tile
 from xfusion.jobs.spec import Job, load_job
@@ -129,8 +130,8 @@ class RunReport:
             f"{self.grid[0]}x{self.grid[1]} of {self.tile} px): {self.tiles_written} written, "
             f"{self.tiles_empty} empty, {self.tiles_outside} outside the AOI, "
             f"{self.tiles_skipped} skipped as already done, "
-            f"{len(self.failed)} failed; {self.pixels / 1e6:.2f} Mpx in {self.elapsed_s:.1f} s "
-            f"({self.pixels_per_s / 1e6:.2f} Mpx/s)"
+            f"{len(self.failed)} failed; {_fmt_px(self.pixels)} in {self.elapsed_s:.1f} s "
+            f"({_fmt_px(self.pixels_per_s)}/s)"
         )
         lines = [head]
         lines += [f"  empty ({n}): {r}" for r, n in sorted(self.empty_reasons.items())]
@@ -138,6 +139,14 @@ class RunReport:
             f"  FAILED tile {f.tile} after {f.attempts} attempt(s): {f.error}" for f in self.failed
         ]
         return "\n".join(lines)
+
+
+def _fmt_px(n: float) -> str:
+    """Pixels (or pixels per second) with a readable unit: 850 px, 12.3 kpx, 1.20 Mpx, 3.4 Gpx."""
+    for unit, scale in (("Gpx", 1e9), ("Mpx", 1e6), ("kpx", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} px"
 
 
 # --------------------------------------------------------------------------------------------
@@ -646,6 +655,17 @@ def run(
     t0 = _time.perf_counter()
     job = _as_job(job)
     pl = plan(job)
+    done = None if overwrite else finished_markers(job, pl)
+    if done is not None:  # every tile done: nothing to search, sign or compute
+        outside = pl.outside()
+        report = RunReport(store=job.store, grid=pl.grid, tile=pl.tile,
+                           tiles_total=pl.grid[0] * pl.grid[1],
+                           tiles_skipped=int((done > 0).sum()) - len(outside),
+                           tiles_outside=len(outside))
+        report.elapsed_s = _time.perf_counter() - t0
+        log.info("xfusion.run %s: every tile is already done in %s", job.name or job.store,
+                 job.store)
+        return report
     times = _target_times(job, pl)
     zgroup, _ = _open_or_create(job, pl, times, overwrite)
     markers = zgroup[MARKER_NAME]
@@ -846,10 +866,10 @@ def _log_progress(report: RunReport, elapsed: float, left: int) -> None:
     rate = done / elapsed if elapsed > 0 else 0.0
     eta = left / rate if rate > 0 else float("inf")
     log.info(
-        "xfusion.run: %d/%d tiles done (%d failed), %.2f Mpx/s, ETA %s",
+        "xfusion.run: %d/%d tiles done (%d failed), %s/s, ETA %s",
         report.tiles_done,
         report.tiles_total,
         len(report.failed),
-        report.pixels / elapsed / 1e6 if elapsed > 0 else 0.0,
+        _fmt_px(report.pixels / elapsed if elapsed > 0 else 0.0),
         _fmt_eta(eta if left else 0.0),
     )
