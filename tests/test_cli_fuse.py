@@ -291,3 +291,31 @@ def test_cli_module_does_not_import_heavy_modules_at_import():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
     assert get("baseline").load().__name__ == "baseline"
+
+
+def test_unwritable_output_is_one_xfusion_error(tifs, tmp_path, capsys):
+    for out in (tmp_path / "missing" / "p.tif", tmp_path / "missing" / "p.zarr"):
+        assert main(fuse_args(tifs, out)) == 1
+        err = capsys.readouterr().err
+        assert "OutputWriteError" in err and str(out) in err and "Traceback" not in err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # (root may write anywhere)
+            assert main(fuse_args(tifs, locked / "p.tif")) == 1
+            assert "not writable" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tifs, tmp_path, capsys, monkeypatch):
+    from xfusion.cube import build
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "from_geotiffs", interrupted)
+    assert main(fuse_args(tifs, tmp_path / "p.tif")) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0]

@@ -717,6 +717,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except XFusionError as err:
         print(f"xfusion: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("xfusion: interrupted (Ctrl-C); an output store resumes when the same command "
+              "runs again", file=sys.stderr)
+        return 130
+    except OSError as err:  # a file the command reads or writes (outside xfusion's wrappers)
+        where = f" {err.filename!r}" if getattr(err, "filename", None) else ""
+        print(f"xfusion: error: {type(err).__name__}{where}: {err.strerror or err}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

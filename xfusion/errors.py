@@ -20,6 +20,10 @@ __all__ = [
     "NotEnoughDataError",
     "NoOverlapError",
     "RasterReadError",
+    "OutputWriteError",
+    "EmptyPredictionError",
+    "EmptyPredictionWarning",
+    "IncompleteStoreWarning",
     "TimeAxisError",
     "VariableNotFoundError",
     "WeightsMismatchError",
@@ -86,6 +90,14 @@ class RasterReadError(XFusionError, OSError):
     """A raster file could not be opened or read."""
 
 
+class OutputWriteError(XFusionError, OSError):
+    """An output (GeoTIFF, Zarr store, STAC item) could not be written; names the path."""
+
+
+class EmptyPredictionError(XFusionError, ValueError):
+    """A method predicted no pixel at a target (the message names the target and the cause)."""
+
+
 class WeightsNotFoundError(XFusionError, FileNotFoundError):
     """Model weights could not be found."""
 
@@ -108,6 +120,14 @@ class NotEnoughDataError(XFusionError, ValueError):
 
 class XFusionWarning(UserWarning):
     """Base class of the warnings xfusion emits about the data (not about deprecations)."""
+
+
+class EmptyPredictionWarning(XFusionWarning):
+    """A result holds a target with no predicted pixel (filter it with ``warnings``)."""
+
+
+class IncompleteStoreWarning(XFusionWarning):
+    """A Zarr store opened before every tile of its write landed (an interrupted write)."""
 
 
 class EmptySeriesWarning(XFusionWarning):

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -57,7 +58,32 @@ def write_geotiff(out: Any, path: str) -> None:
     arr = arr.rio.write_transform(gbox.affine, inplace=False)
     arr = arr.rio.write_nodata(np.nan, encoded=False, inplace=False)
     lock = threading.Lock() if dask.is_dask_collection(data) else None
-    arr.rio.to_raster(path, dtype="float32", tiled=True, lock=lock, compute=True)
+    _to_raster(arr, path, lock=lock)
+
+
+def _to_raster(arr: xr.DataArray, path: str, *, lock: Any) -> None:
+    """``rio.to_raster`` with write failures as :class:`OutputWriteError` naming the file
+    (read failures of lazy inputs surface as the readers' own xfusion errors)."""
+    import rasterio.errors
+
+    from xfusion.errors import OutputWriteError, XFusionError
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OutputWriteError(
+            f"Cannot write {path!r}: the folder {folder!r} does not exist. Create it first."
+        )
+    if not os.access(folder, os.W_OK):
+        raise OutputWriteError(
+            f"Cannot write {path!r}: the folder {folder!r} is not writable. Choose another "
+            "output path."
+        )
+    try:
+        arr.rio.to_raster(path, dtype="float32", tiled=True, lock=lock, compute=True)
+    except XFusionError:
+        raise
+    except (OSError, rasterio.errors.RasterioError) as err:
+        raise OutputWriteError(f"Could not write the GeoTIFF {path!r}: {err}") from err
 
 
 def write_bands(out: xr.DataArray | xr.Dataset, path: str) -> None:
@@ -89,8 +115,7 @@ def write_bands(out: xr.DataArray | xr.Dataset, path: str) -> None:
     arr = arr.rio.write_crs(gbox.crs.to_wkt(), inplace=False)
     arr = arr.rio.write_transform(gbox.affine, inplace=False)
     arr = arr.rio.write_nodata(np.nan, encoded=False, inplace=False)
-    arr.rio.to_raster(path, dtype="float32", tiled=True,
-                      lock=threading.Lock() if lazy else None, compute=True)
+    _to_raster(arr, path, lock=threading.Lock() if lazy else None)
 
 
 def read_geotiff(path: str, *, chunks: int, role: str) -> xr.DataArray:

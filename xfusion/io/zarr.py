@@ -100,6 +100,26 @@ def _as_dataset(obj: xr.Dataset | xr.DataArray) -> xr.Dataset:
     )
 
 
+def check_writable(store: StoreLike) -> None:
+    """Raise :class:`OutputWriteError` when a local store path cannot be written."""
+    from xfusion.errors import OutputWriteError
+
+    if not isinstance(store, str | os.PathLike) or "://" in os.fspath(store):
+        return  # a store object or an fsspec URL: its own errors name it
+    path = os.path.abspath(os.fspath(store))
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise OutputWriteError(
+            f"Cannot write the Zarr store {os.fspath(store)!r}: the folder {folder!r} does not "
+            "exist. Create it first."
+        )
+    if not os.access(folder, os.W_OK):
+        raise OutputWriteError(
+            f"Cannot write the Zarr store {os.fspath(store)!r}: {folder!r} is not writable. "
+            "Choose another output path."
+        )
+
+
 def _store_repr(store: StoreLike) -> str:
     if isinstance(store, str | os.PathLike):
         return os.fspath(store)
@@ -452,6 +472,7 @@ def to_zarr(
             "reader needs Zarr v2."
         )
     ds = _as_dataset(obj)
+    check_writable(store)
     ds = _check_or_fix_chunks(ds, rechunk=rechunk)
     if mode == "w-" and existing_group(store, group, storage_options) is not None:
         raise InvalidParameterError(
