@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="fine pixels per coarse pixel (default: from the grids)",
     )
-    sr.add_argument("--out", metavar="P.tif", required=True, help="output GeoTIFF")
+    sr.add_argument("--out", metavar="PATH", required=True,
+                    help="output PATH.tif (GeoTIFF) or PATH.zarr (resumable)")
     sr.add_argument(
         "--weights",
         metavar="W",
@@ -380,8 +381,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
             )
         params["weights"] = args.weights
     fmt = _out_format(args.out)
-    if os.path.exists(args.out) and not args.overwrite:
-        raise _UsageError(f"--out {args.out!r} exists; pass --overwrite to replace it")
+    _check_out(args, fmt)
 
     from xfusion.cube.build import from_geotiffs
 
@@ -400,23 +400,134 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
         targets=args.target,
         **params,
     )
-    if fmt == "tif":
-        from xfusion.io.geotiff import write_geotiff
-
-        write_geotiff(out, args.out)
-    else:
-        _write_zarr(out, args.out)
-    n_t, names = out.sizes["time"], list(out.data_vars)
+    names = [str(n) for n in out.data_vars if "time" in out[n].dims]
+    shares, labels = _write_out(out, args.out, fmt, overwrite=args.overwrite, names=names)
+    n_t = out.sizes["time"]
     print(f"xfusion: wrote {n_t} target(s) x {len(names)} variable(s) to {args.out}")
-    return 0
+    _print_shares(shares, labels, what="predicted")
+    return _empty_exit(shares, labels, ds=ds, out=out, fine=fine, coarse=coarse, params=params)
 
 
 
 
-def _write_zarr(out: Any, path: str) -> None:
-    from xfusion.io import to_zarr
+def _check_out(args: argparse.Namespace, fmt: str) -> None:
+    """A GeoTIFF is never overwritten without --overwrite; a Zarr store is resumed."""
+    if fmt == "tif" and os.path.exists(args.out) and not args.overwrite:
+        raise _UsageError(f"--out {args.out!r} exists; pass --overwrite to replace it")
 
-    to_zarr(out, path, mode="w", rechunk=True)
+
+def _write_out(out: Any, path: str, fmt: str, *, overwrite: bool,
+               names: Sequence[str]) -> tuple[dict[str, tuple[float, ...]], tuple[str, ...]]:
+    """Write a result (GeoTIFF, or a resumable tile-by-tile Zarr store); return the share of
+    valid pixels per variable and time, and the time labels."""
+    if fmt == "zarr":
+        from xfusion.io.tiled import write_tiled
+
+        try:
+            report = write_tiled(out, path, mode="w" if overwrite else "w-", resume=True,
+                                 rechunk=True)
+        except InvalidParameterError as err:
+            if os.path.exists(path) and not overwrite:
+                raise _UsageError(
+                    f"--out {path!r} exists and cannot be resumed with this result ({err}); "
+                    "pass --overwrite to replace it"
+                ) from None
+            raise
+        if report.tiles_skipped:
+            print(f"xfusion: resumed {path}: {report.tiles_skipped} of {report.tiles_total} "
+                  "tile(s) were already written")
+        return dict(report.valid_fraction or {}), tuple(report.times)
+    from xfusion.io.geotiff import write_geotiff
+
+    write_geotiff(out, path)
+    return _tif_shares(path, names)
+
+
+def _tif_shares(path: str, names: Sequence[str]) -> tuple[dict[str, tuple[float, ...]],
+                                                          tuple[str, ...]]:
+    """Share of valid pixels of each band of a written GeoTIFF (descriptions DATE[/VAR])."""
+    import numpy as np
+    import rasterio
+
+    shares: dict[str, list[float]] = {}
+    labels: list[str] = []
+    with rasterio.open(path) as src:
+        for b, desc in enumerate(src.descriptions, start=1):
+            date, _, var = (desc or "").partition("/")
+            var = var or (names[0] if names else "band")
+            if date not in labels:
+                labels.append(date)
+            block = src.read(b)
+            shares.setdefault(var, []).append(float(np.isfinite(block).mean()))
+    return {k: tuple(v) for k, v in shares.items()}, tuple(labels)
+
+
+def _print_shares(shares: dict[str, tuple[float, ...]], labels: Sequence[str], *,
+                  what: str) -> None:
+    for k, label in enumerate(labels):
+        parts = [f"{name} {100 * frac[k]:.1f} %" for name, frac in shares.items()
+                 if k < len(frac)]
+        if parts:
+            print(f"  {label}: {', '.join(parts)} {what}")
+
+
+def _empty_exit(shares: dict[str, tuple[float, ...]], labels: Sequence[str], *, ds: Any,
+                out: Any, fine: Sequence[str], coarse: Sequence[str],
+                params: dict[str, Any]) -> int:
+    """Exit 1 naming each target with no predicted pixel and its likely cause, else 0."""
+    empty = sorted({labels[k] for frac in shares.values() for k, f in enumerate(frac)
+                    if f == 0.0 and k < len(labels)})
+    if not empty:
+        return 0
+    for label in empty:
+        print(f"xfusion: error: no pixel predicted at {label}: "
+              f"{_diagnose(ds, out, label, fine, coarse, params)}", file=sys.stderr)
+    return 1
+
+
+def _diagnose(ds: Any, out: Any, label: str, fine: Sequence[str], coarse: Sequence[str],
+              params: dict[str, Any]) -> str:
+    """The likely cause of an empty target, from the inputs (reads them)."""
+    import numpy as np
+
+    from xfusion.cube.build import to_datetime64
+
+    t = to_datetime64(label, what="target")
+
+    def stats(name: str, when: Any) -> tuple[float, float, float]:
+        v = np.asarray(ds[name].sel(time=when, method="nearest").values, dtype=float)
+        ok = np.isfinite(v)
+        return float(ok.mean()), float(np.nanmin(v)) if ok.any() else np.nan, \
+            float(np.nanmax(v)) if ok.any() else np.nan
+
+    for c in coarse:
+        share, _, _ = stats(c, t)
+        if share == 0.0:
+            return (f"the coarse image {c!r} has no valid pixel at {label} (all NaN or nodata); "
+                    "drop that target or give a clear coarse image")
+    pair = None
+    if "pair_time" in out.coords:
+        pair = out["pair_time"].sel(time=t, method="nearest").values
+    if pair is not None and not np.isnat(np.datetime64(pair)):
+        for f in fine:
+            share, lo, hi = stats(f, pair)
+            if share == 0.0:
+                return (f"the fine image {f!r} of the pair date {str(pair)[:10]} has no valid "
+                        "pixel (all NaN or nodata)")
+            rng = params.get("data_range")
+            if rng is not None and (hi < rng[0] or lo > rng[1]):
+                return (f"the fine image {f!r} of the pair {str(pair)[:10]} spans {lo:g}..{hi:g}, "
+                        f"outside data_range {tuple(rng)!r}; set --param data_range=LO,HI or a "
+                        "preset for the data's unit (e.g. preset=lst for kelvin, reflectance "
+                        "for 0..1)")
+    ranges = []
+    for name, when in [(f, pair if pair is not None else t) for f in fine] + \
+            [(c, t) for c in coarse]:
+        _, lo, hi = stats(name, when)
+        ranges.append(f"{name} {lo:g}..{hi:g}")
+    return ("the inputs hold values there (" + ", ".join(ranges) + "), so the method's "
+            "parameters exclude them: check the preset/data_range against the data's unit and "
+            "scale, and that fine and coarse share it (integer DN vs float reflectance)")
 
 
 def _cmd_super_resolve(args: argparse.Namespace) -> int:
@@ -429,11 +540,8 @@ def _cmd_super_resolve(args: argparse.Namespace) -> int:
     method = args.method
     entry = _method(method, "super-resolve")
     params = _method_params(entry, args.param)
-    low = args.out.lower()
-    if not low.endswith((".tif", ".tiff")):
-        raise _UsageError(f"--out must end in .tif or .tiff, found {args.out!r}")
-    if os.path.exists(args.out) and not args.overwrite:
-        raise _UsageError(f"--out {args.out!r} exists; pass --overwrite to replace it")
+    fmt = _out_format(args.out)
+    _check_out(args, fmt)
     if "guide" in entry.needs and args.guide is None:
         raise _UsageError(f"method {method!r} needs --guide G.tif (fine bands, e.g. NDVI)")
     if "weights" in entry.needs and not args.weights:
@@ -474,11 +582,18 @@ def _cmd_super_resolve(args: argparse.Namespace) -> int:
             params = {}
         out = super_resolve(lst, guide=guide, scale=args.scale, method=method, weights=weights,
                             params=params or None, engine=engine, device=device)
-    write_bands(out, args.out)
     n = len(out.data_vars) if isinstance(out, xr.Dataset) else 1
     ydim, xdim = spatial_dims(out)
+    if fmt == "zarr":
+        ds_out = out if isinstance(out, xr.Dataset) else out.to_dataset(name=out.name or "sr")
+        shares, labels = _write_out(ds_out, args.out, fmt, overwrite=args.overwrite,
+                                    names=[str(v) for v in ds_out.data_vars])
+    else:
+        write_bands(out, args.out)
+        shares, labels = {}, ()
     print(f"xfusion: wrote {n} band(s) of {out.sizes[ydim]} x {out.sizes[xdim]} px ({method}) "
           f"to {args.out}")
+    _print_shares(shares, labels, what="valid")
     return 0
 
 
@@ -642,8 +757,7 @@ def _cmd_gapfill(args: argparse.Namespace) -> int:
     entry = _method(args.method, "gapfill", what="--method")
     params = _method_params(entry, args.param)
     fmt = _out_format(args.out)
-    if os.path.exists(args.out) and not args.overwrite:
-        raise _UsageError(f"--out {args.out!r} exists; pass --overwrite to replace it")
+    _check_out(args, fmt)
     if (args.weights or args.save_weights) and args.method != "stori":
         raise _UsageError("--weights/--save-weights only apply to --method stori")
     from xfusion.methods.gapfill import StoriConfig, fit_stori, gapfill
@@ -671,7 +785,7 @@ def _cmd_gapfill(args: argparse.Namespace) -> int:
         kwargs.update(params)
     out = gapfill(ds, optical=optical, method=args.method, rechunk=True, **kwargs)
     if fmt == "zarr":
-        _write_zarr(out, args.out)
+        _write_out(out, args.out, fmt, overwrite=args.overwrite, names=[optical])
     else:
         from xfusion.io.geotiff import write_geotiff
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from xfusion.io.geotiff import bands_dataset, read_geotiff, write_bands, write_geotiff
 from xfusion.io.tiled import TiledWriteReport, tile_status, write_tiled
-from xfusion.io.zarr import open_zarr, to_zarr
+from xfusion.io.zarr import open, open_zarr, to_zarr
 
 __all__ = [
     "TiledWriteReport",
     "bands_dataset",
+    "open",
     "open_zarr",
     "read_geotiff",
     "tile_status",

@@ -13,7 +13,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,6 +28,8 @@ from xfusion.errors import (
     MissingDimensionError,
 )
 from xfusion.io.zarr import (
+    COMPLETE_ATTR,
+    COUNTS_NAME,
     DEFAULT_SPATIAL_CHUNK,
     LAYOUT_ATTR,
     MARKER_NAME,
@@ -66,6 +68,11 @@ class TiledWriteReport:
     """Tiles computed and written (and marked done) by this call."""
     elapsed_s: float
     """Wall time of this call, in seconds."""
+    valid_fraction: Mapping[str, tuple[float, ...]] | None = None
+    """Per variable with a ``time`` dim, the share of its pixels that hold a value at each
+    time, over every tile written so far (None while tiles are missing)."""
+    times: tuple[str, ...] = ()
+    """The time labels of :attr:`valid_fraction` (``YYYY-MM-DD`` or full timestamps)."""
 
     @property
     def tiles_done(self) -> int:
@@ -242,6 +249,28 @@ def resume_problem(existing: Any, layout: Mapping[str, Any]) -> str | None:
     old = json.loads(old) if isinstance(old, str) else old
     diff = _layout_diff(old, layout)
     return f"it was written with a different layout: {'; '.join(diff)}" if diff else None
+
+
+def create_counts(zgroup: Any, sdims: tuple[str, str], grid: list[int], nvar: int, ntime: int,
+                  zarr_format: int) -> Any:
+    """The per-tile valid-pixel counts ``(tile_y, tile_x, variable, time)`` of a tiled write."""
+    dims = [f"_xfusion_tile_{d}" for d in sdims] + ["_xfusion_var", "_xfusion_time"]
+    kw: dict[str, Any] = {
+        "name": COUNTS_NAME,
+        "shape": (*grid, max(nvar, 1), max(ntime, 1)),
+        "chunks": (1, 1, max(nvar, 1), max(ntime, 1)),
+        "dtype": "int64",
+        "fill_value": -1,
+        "compressors": None,
+        "overwrite": True,
+        "attributes": {"description": "xfusion.io.write_tiled: valid pixels per tile, variable "
+                       "and time (-1: tile not written)"},
+    }
+    if zarr_format == 3:
+        kw["dimension_names"] = dims
+    else:
+        kw["attributes"]["_ARRAY_DIMENSIONS"] = dims
+    return zgroup.create_array(**kw)
 
 
 def create_markers(zgroup: Any, sdims: tuple[str, str], grid: list[int], zarr_format: int) -> Any:
@@ -422,6 +451,7 @@ def write_tiled(
     layout = json.loads(json.dumps(tiled_layout(ds, sdims, tiled, tile_px)))
     grid = (int(layout["grid"][0]), int(layout["grid"][1]))
     where = _store_repr(store)
+    timed = [n for n in tiled if "time" in ds[n].dims]
 
     existing = None if mode == "w" else existing_group(store, group, storage_options)
     if existing is not None:
@@ -438,6 +468,7 @@ def write_tiled(
             )
         zgroup = open_group(store, group, "r+", storage_options)
         markers = zgroup[MARKER_NAME]
+        counts = zgroup.get(COUNTS_NAME, None)
     else:
         # template: metadata, coordinates and small variables; no data chunks
         to_zarr(
@@ -453,18 +484,25 @@ def write_tiled(
         )
         zgroup = open_group(store, group, "r+", storage_options)
         markers = create_markers(zgroup, sdims, layout["grid"], zarr_format)
+        counts = create_counts(zgroup, sdims, layout["grid"], len(timed),
+                               int(ds.sizes.get("time", 1)), zarr_format)
+        zgroup.attrs[COMPLETE_ATTR] = False  # until the last tile lands
         # the layout attribute goes last: a store that has it always has its markers
         zgroup.attrs[LAYOUT_ATTR] = json.dumps(layout)
 
     done = np.asarray(markers[...]) > 0
     skipped = int(done.sum())
     todo = [(iy, ix) for iy in range(grid[0]) for ix in range(grid[1]) if not done[iy, ix]]
+    if todo and zgroup.attrs.get(COMPLETE_ATTR) is not False:
+        zgroup.attrs[COMPLETE_ATTR] = False
     written = _run_tiles(
         ds[tiled],
         todo,
         store=store,
         group=group,
         markers=markers,
+        counts=counts,
+        timed=timed,
         sdims=sdims,
         tile=tile_px,
         shape=shape,
@@ -477,7 +515,9 @@ def write_tiled(
         n_done=skipped,
         where=where,
     )
-    return TiledWriteReport(
+    zgroup.attrs[COMPLETE_ATTR] = True
+    fractions, labels = _valid_fractions(ds, counts, timed, sdims)
+    report = TiledWriteReport(
         store=where,
         grid=grid,
         tile_shape=tile_px,
@@ -485,7 +525,55 @@ def write_tiled(
         tiles_skipped=skipped,
         tiles_written=written,
         elapsed_s=time.perf_counter() - t0,
+        valid_fraction=fractions,
+        times=labels,
     )
+    warn_empty(fractions, labels, where=where)
+    return report
+
+
+def _valid_fractions(ds: xr.Dataset, counts: Any, timed: Sequence[Hashable],
+                     sdims: tuple[str, str]) -> tuple[dict[str, tuple[float, ...]] | None,
+                                                      tuple[str, ...]]:
+    """Share of valid pixels per variable and time from the per-tile counts (all tiles)."""
+    if counts is None or not timed:
+        return None, ()
+    c = np.asarray(counts[...])
+    if (c < 0).any():
+        return None, ()
+    npix = int(ds.sizes[sdims[0]]) * int(ds.sizes[sdims[1]])
+    total = c.sum(axis=(0, 1))
+    labels = tuple(_time_label(t) for t in np.asarray(ds["time"].values))
+    return {str(n): tuple(float(v) / npix for v in total[i]) for i, n in enumerate(timed)}, labels
+
+
+def _time_label(t: Any) -> str:
+    s = str(np.datetime64(t, "s"))
+    return s[:10] if s.endswith("T00:00:00") else s
+
+
+def warn_empty(fractions: Mapping[str, Sequence[float]] | None, labels: Sequence[str], *,
+               where: str) -> None:
+    """Warn (:class:`~xfusion.errors.EmptyPredictionWarning`) about variable/time planes with
+    no valid pixel in a written result."""
+    import warnings
+
+    from xfusion.errors import EmptyPredictionWarning
+
+    if not fractions:
+        return
+    for name, frac in fractions.items():
+        empty = [labels[k] for k, f in enumerate(frac) if f == 0.0]
+        if empty:
+            warnings.warn(
+                EmptyPredictionWarning(
+                    f"{where}: variable {name!r} has no valid pixel at {len(empty)} of "
+                    f"{len(frac)} time(s): {empty[:6]!r}{' ...' if len(empty) > 6 else ''}. "
+                    "Check the inputs there (coarse image all NaN, fine pair outside the "
+                    "method's data range or in another unit)."
+                ),
+                stacklevel=3,
+            )
 
 
 def _run_tiles(
@@ -495,6 +583,8 @@ def _run_tiles(
     store: StoreLike,
     group: str | None,
     markers: Any,
+    counts: Any = None,
+    timed: Sequence[Hashable] = (),
     sdims: tuple[str, str],
     tile: tuple[int, int],
     shape: tuple[int, int],
@@ -519,23 +609,27 @@ def _run_tiles(
         region = _tile_slices(iy, ix, tile, shape, sdims)
         for attempt in range(retries + 1):
             try:
-                pending = data.isel(region).to_zarr(
+                # the tile in memory once: written, and its valid pixels counted
+                (part,) = dask.compute(data.isel(region), scheduler=scheduler)
+                part.to_zarr(
                     store,
                     group=group,
                     mode="r+",
                     region=region,
-                    compute=False,
                     consolidated=False,
                     zarr_format=zarr_format,
                     storage_options=dict(storage_options) if storage_options else None,
                 )
-                dask.compute(pending, scheduler=scheduler)
+                valid = [part[n].notnull().sum([d for d in part[n].dims if d != "time"]).values
+                         for n in timed]
                 break
             except Exception:
                 if attempt == retries:
                     raise
                 time.sleep(min(0.5 * 2**attempt, 10.0))
         with lock:  # data is on the store: now, and only now, mark the tile done
+            if counts is not None and timed:
+                counts[iy, ix] = np.stack([np.asarray(v, dtype=np.int64) for v in valid])
             markers[iy, ix] = 1
         return iy, ix
 

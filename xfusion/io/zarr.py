@@ -35,6 +35,11 @@ __all__ = ["open_zarr", "to_zarr"]
 StoreLike = Any
 """A path (``str`` / ``os.PathLike``), an fsspec URL, or a zarr store object."""
 
+COUNTS_NAME = "_xfusion_valid"
+"""Name of the per-tile valid-pixel count array that :func:`write_tiled` keeps in the store."""
+COMPLETE_ATTR = "xfusion:complete"
+"""Group attribute of a tile-by-tile store: False until the last tile is written, then True.
+:func:`open_zarr` warns (:class:`~xfusion.errors.IncompleteStoreWarning`) on False."""
 MARKER_NAME = "_xfusion_tiles"
 """Name of the uint8 done-marker array that :func:`write_tiled` keeps in the store."""
 
@@ -548,15 +553,49 @@ def open_zarr(
     Returns
     -------
     xarray.Dataset
-        Lazy (dask-backed) dataset. The done-marker array of :func:`write_tiled` is hidden.
+        Lazy (dask-backed) dataset. The done-markers and counts of :func:`write_tiled` are
+        hidden, and so is the store attribute ``"xfusion:complete"`` (False while a
+        tile-by-tile write is unfinished: plain ``xr.open_zarr``/zarr readers can check it).
+
+    Warns
+    -----
+    IncompleteStoreWarning
+        When the store's tile-by-tile write was interrupted (``attrs["xfusion:complete"]``
+        is False): the missing tiles read as NaN until the write is run again.
     """
     kwargs.setdefault("decode_coords", "all")
     drop = kwargs.pop("drop_variables", None)
     drop = [drop] if isinstance(drop, str) else list(drop or [])
-    drop.append(MARKER_NAME)
+    drop += [MARKER_NAME, COUNTS_NAME]
     ds = xr.open_zarr(store, group=group, consolidated=consolidated, drop_variables=drop, **kwargs)
     ds.attrs.pop(LAYOUT_ATTR, None)
+    if ds.attrs.pop(COMPLETE_ATTR, None) is False:
+        import warnings
+
+        from xfusion.errors import IncompleteStoreWarning
+
+        done = ""
+        try:
+            import zarr
+
+            grp = zarr.open_group(store, path=group, mode="r")
+            if MARKER_NAME in grp:
+                m = np.asarray(grp[MARKER_NAME][...])
+                done = f" ({int((m > 0).sum())} of {m.size} tiles written)"
+        except Exception:  # the warning matters more than the count
+            done = ""
+        warnings.warn(
+            IncompleteStoreWarning(
+                f"The store {_store_repr(store)!r} is incomplete{done}: its write was "
+                "interrupted, and the missing tiles read as NaN. Run the same command (or "
+                "write_tiled with the same data) again to finish it."
+            ),
+            stacklevel=2,
+        )
     return ds
+
+
+open = open_zarr
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def _template(pl: Plan, times: np.ndarray) -> Any:
 def _open_or_create(job: Job, pl: Plan, times: np.ndarray, overwrite: bool) -> tuple[Any, int]:
     """Create the template store (or check and reopen it); return (zarr group, n preexisting)."""
     from xfusion.io.tiled import create_markers, resume_problem, tiled_layout
-    from xfusion.io.zarr import LAYOUT_ATTR, existing_group, open_group, to_zarr
+    from xfusion.io.zarr import COMPLETE_ATTR, LAYOUT_ATTR, existing_group, open_group, to_zarr
 
     weights_sha = _weights_sha256(job.weights)
     tmpl = _template(pl, times)
@@ -123,6 +123,7 @@ def _open_or_create(job: Job, pl: Plan, times: np.ndarray, overwrite: bool) -> t
     # tiles outside the AOI geometry: nothing to compute
     for iy, ix in pl.outside():
         markers[iy, ix] = EMPTY
+    zgroup.attrs[COMPLETE_ATTR] = False  # until the last tile is done
     zgroup.attrs[LAYOUT_ATTR] = json.dumps(layout)
     return zgroup, 0
 

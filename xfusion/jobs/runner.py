@@ -856,6 +856,9 @@ def run(
         ex.close()
         if item_ids:
             _add_items(zgroup, item_ids)
+    from xfusion.io.zarr import COMPLETE_ATTR
+
+    zgroup.attrs[COMPLETE_ATTR] = bool(report.ok)  # readers warn about an unfinished store
     report.elapsed_s = _time.perf_counter() - t0
     _log_progress(report, report.elapsed_s, 0)
     return report
