@@ -321,3 +321,106 @@ def test_ctrl_c_is_one_line_and_exit_130(tifs, tmp_path, capsys, monkeypatch):
     assert main(fuse_args(tifs, tmp_path / "p.tif")) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "interrupted" in err[0]
+
+
+def _textured_tifs(tmp_path, n=384):
+    """Fine 30 m and coarse 120 m GeoTIFFs with texture, big enough for hundreds of tiles."""
+    yy, xx = np.mgrid[0:n, 0:n].astype("float32")
+    fine = (0.2 + 0.05 * np.sin(yy / 7.0) * np.cos(xx / 11.0)).astype("float32")
+    m = n // 4 + 2
+    cy, cx = np.mgrid[0:m, 0:m].astype("float32")
+    paths = {"fine": write_tif(tmp_path / "fine.tif", fine)}
+    for k, day in enumerate(("0308", "0317", "0325", "0402")):
+        coarse = (0.25 + 0.01 * k + 0.02 * np.sin((cy + k) / 5.0)).astype("float32")
+        paths[day] = write_tif(tmp_path / f"coarse_{day}.tif", coarse, transform=COARSE_T)
+    return paths
+
+
+def test_ctrl_c_then_same_command_resumes_zarr_bit_identical(tmp_path):
+    """A user presses Ctrl-C in the middle of ``xfusion fuse ... --out X.zarr``: exit 130 with
+    one line, the store opens with an IncompleteStoreWarning, the same command finishes it and
+    the result equals an uninterrupted run bit for bit; --overwrite starts afresh."""
+    import signal
+    import time
+    import warnings
+
+    from xfusion.errors import IncompleteStoreWarning
+    from xfusion.io import tile_status as tile_markers
+
+    p = _textured_tifs(tmp_path)
+    coarse = [f"2020-{d[:2]}-{d[2:]}={p[d]}" for d in ("0308", "0317", "0325", "0402")]
+
+    def argv(out, *extra):
+        args = ["fuse", "baseline", "--fine", f"2020-03-08={p['fine']}", "--chunks", "32",
+                "--out", str(out), *extra]
+        for c in coarse:
+            args += ["--coarse", c]
+        return args
+
+    clean = tmp_path / "clean.zarr"
+    assert main(argv(clean)) == 0
+
+    out = tmp_path / "pred.zarr"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "xfusion", *argv(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            done = int(tile_markers(out).sum())
+        except Exception:  # the store is being created
+            done = 0
+        if done >= 3:
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=120)
+    assert done >= 3, "the command ended before it could be interrupted"
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    markers = tile_markers(out)
+    assert 0 < markers.sum() < markers.size
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        part = xfusion.io.open_zarr(out)
+    assert any(issubclass(w.category, IncompleteStoreWarning) for w in caught)
+    part.close()
+
+    assert main(argv(out)) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IncompleteStoreWarning)
+        got, want = xfusion.io.open_zarr(out), xfusion.io.open_zarr(clean)
+        xr.testing.assert_identical(got.load(), want.load())
+
+    before = tile_markers(out).copy()
+    assert before.all()
+    assert main(argv(out, "--overwrite")) == 0
+    xr.testing.assert_identical(xfusion.io.open_zarr(out).load(), want.load())
+
+
+def test_summary_prints_the_share_predicted_per_target(tifs, tmp_path, capsys):
+    out = tmp_path / "pred.tif"
+    assert main(fuse_args(tifs, out, "--coarse", f"2020-03-25={tifs['c3']}")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  2020-03-17: fine 100.0 % predicted" in lines
+    assert "  2020-03-25: fine 100.0 % predicted" in lines
+
+
+@pytest.mark.parametrize("suffix", ["tif", "zarr"])
+def test_empty_target_exits_1_naming_it_and_the_cause(tifs, tmp_path, capsys, suffix):
+    """A coarse image that is all nodata gives an empty prediction: the command says which
+    target and why, and exits 1 instead of reporting success."""
+    empty = write_tif(tmp_path / "coarse_0325_empty.tif", np.full((3, 3), -9999, "float32"),
+                      transform=COARSE_T, nodata=-9999)
+    out = tmp_path / f"pred.{suffix}"
+    code = main(fuse_args(tifs, out, "--coarse", f"2020-03-25={empty}"))
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "Traceback" not in captured.err
+    assert "no pixel predicted at 2020-03-25" in captured.err
+    assert "coarse image" in captured.err and "no valid pixel" in captured.err
+    assert "2020-03-17" not in captured.err  # the good target is not blamed
+    assert "  2020-03-17: fine 100.0 % predicted" in captured.out
+    assert "  2020-03-25: fine 0.0 % predicted" in captured.out

@@ -423,9 +423,15 @@ def _write_out(out: Any, path: str, fmt: str, *, overwrite: bool,
     if fmt == "zarr":
         from xfusion.io.tiled import write_tiled
 
+        import warnings
+
+        from xfusion.errors import EmptyPredictionWarning
+
         try:
-            report = write_tiled(out, path, mode="w" if overwrite else "w-", resume=True,
-                                 rechunk=True)
+            with warnings.catch_warnings():  # the command reports empty targets itself
+                warnings.simplefilter("ignore", EmptyPredictionWarning)
+                report = write_tiled(out, path, mode="w" if overwrite else "w-", resume=True,
+                                     rechunk=True)
         except InvalidParameterError as err:
             if os.path.exists(path) and not overwrite:
                 raise _UsageError(
