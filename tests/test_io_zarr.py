@@ -576,3 +576,36 @@ def test_sigkill_mid_write_then_resume_matches_single_pass(tmp_path):
     resumed = xfusion.io.open_zarr(store).compute()
     xr.testing.assert_identical(resumed, xfusion.io.open_zarr(single).compute())
     np.testing.assert_array_equal(resumed.fused.values, job.expected())
+
+
+# ----------------------------------------------------------------------- empty predictions
+@pytest.mark.parametrize("writer", ["to_zarr", "write_tiled"])
+@pytest.mark.parametrize("chunks", [None, {"time": 1, "y": 4, "x": 5}])
+def test_a_plane_without_valid_pixel_warns_naming_variable_time_and_counts(
+    tmp_path, writer, chunks
+):
+    from xfusion.errors import EmptyPredictionWarning
+
+    ds = make_cube(chunks=chunks)
+    ds["red"] = ds["red"].where(ds["time"] != ds["time"][1])  # the second date: all NaN
+    with pytest.warns(EmptyPredictionWarning) as rec:
+        getattr(xfusion.io, writer)(ds, tmp_path / "e.zarr")
+    msgs = [str(w.message) for w in rec if issubclass(w.category, EmptyPredictionWarning)]
+    assert len(msgs) == 1
+    msg = msgs[0]
+    assert "'red'" in msg and "2020-01-02" in msg and "1 of 3 time(s)" in msg
+    assert "0 of 143 px" in msg
+    assert "2020-01-01" not in msg and "2020-01-03" not in msg
+    got = xfusion.io.open_zarr(tmp_path / "e.zarr")
+    xr.testing.assert_identical(got["red"].load(), ds["red"].load())
+
+
+def test_complete_result_does_not_warn(tmp_path):
+    import warnings
+
+    from xfusion.errors import EmptyPredictionWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EmptyPredictionWarning)
+        xfusion.io.to_zarr(make_cube(chunks={"y": 4}), tmp_path / "ok.zarr")
+        xfusion.io.write_tiled(make_cube(chunks={"y": 4}), tmp_path / "okt.zarr")

@@ -42,7 +42,9 @@ from xfusion.io.zarr import (
     _try_spatial,
     existing_group,
     open_group,
+    _time_label,
     to_zarr,
+    warn_empty,
 )
 
 __all__ = ["TiledWriteReport", "resume_problem", "tile_status", "write_tiled"]
@@ -528,7 +530,7 @@ def write_tiled(
         valid_fraction=fractions,
         times=labels,
     )
-    warn_empty(fractions, labels, where=where)
+    warn_empty(fractions, labels, where=where, pixels=int(shape[0]) * int(shape[1]))
     return report
 
 
@@ -545,35 +547,6 @@ def _valid_fractions(ds: xr.Dataset, counts: Any, timed: Sequence[Hashable],
     total = c.sum(axis=(0, 1))
     labels = tuple(_time_label(t) for t in np.asarray(ds["time"].values))
     return {str(n): tuple(float(v) / npix for v in total[i]) for i, n in enumerate(timed)}, labels
-
-
-def _time_label(t: Any) -> str:
-    s = str(np.datetime64(t, "s"))
-    return s[:10] if s.endswith("T00:00:00") else s
-
-
-def warn_empty(fractions: Mapping[str, Sequence[float]] | None, labels: Sequence[str], *,
-               where: str) -> None:
-    """Warn (:class:`~xfusion.errors.EmptyPredictionWarning`) about variable/time planes with
-    no valid pixel in a written result."""
-    import warnings
-
-    from xfusion.errors import EmptyPredictionWarning
-
-    if not fractions:
-        return
-    for name, frac in fractions.items():
-        empty = [labels[k] for k, f in enumerate(frac) if f == 0.0]
-        if empty:
-            warnings.warn(
-                EmptyPredictionWarning(
-                    f"{where}: variable {name!r} has no valid pixel at {len(empty)} of "
-                    f"{len(frac)} time(s): {empty[:6]!r}{' ...' if len(empty) > 6 else ''}. "
-                    "Check the inputs there (coarse image all NaN, fine pair outside the "
-                    "method's data range or in another unit)."
-                ),
-                stacklevel=3,
-            )
 
 
 def _run_tiles(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, Literal
 
 import dask
@@ -364,6 +364,88 @@ def _compute(delayed: Any, *, progress: bool, desc: str) -> None:
         dask.compute(delayed)
 
 
+def _empty_planes(ds: xr.Dataset, store: StoreLike, group: str | None,
+                  sdims: tuple[str, str] | None, zarr_format: int) -> dict[str, tuple[float, ...]]:
+    """Per float (time, y, x) variable of a freshly written local store: 0.0 for each time
+    plane without any stored chunk, else 1.0 (NaN-only chunks are never stored, so a plane
+    without chunk files has no valid pixel; with several times per chunk only a whole absent
+    chunk row is known empty). Found by listing the chunk keys of the Zarr
+    format's default key encoding, without reading data; {} for non-local stores."""
+    if sdims is None or "time" not in ds.dims or not isinstance(store, (str, os.PathLike)):
+        return {}
+    root = os.fspath(store)
+    if "://" in root or not os.path.isdir(root):
+        return {}
+    if group:
+        root = os.path.join(root, *str(group).strip("/").split("/"))
+    nt = int(ds.sizes["time"])
+    out: dict[str, tuple[float, ...]] = {}
+    for name, var in ds.data_vars.items():
+        if set(var.dims) != {"time", *sdims} or not np.issubdtype(var.dtype, np.floating):
+            continue
+        axis = var.dims.index("time")
+        where = os.path.join(root, str(name))
+        seen: set[int] = set()
+        try:
+            if zarr_format == 3:
+                base = os.path.join(where, "c")
+                if axis == 0:
+                    seen = {int(e.name) for e in os.scandir(base) if e.name.isdigit()} \
+                        if os.path.isdir(base) else set()
+                else:
+                    for dirpath, _, files in os.walk(base):
+                        parts = os.path.relpath(dirpath, base).split(os.sep)
+                        for f in files:
+                            key = [*parts, f] if parts != ["."] else [f]
+                            if len(key) == var.ndim and key[axis].isdigit():
+                                seen.add(int(key[axis]))
+            else:
+                for e in os.scandir(where):
+                    key = e.name.split(".")
+                    if len(key) == var.ndim and key[axis].isdigit():
+                        seen.add(int(key[axis]))
+        except OSError:
+            continue
+        try:
+            import zarr
+
+            ct = int(zarr.open_array(where, mode="r").chunks[axis])
+        except Exception:  # an unreadable array: say nothing rather than guess
+            continue
+        out[str(name)] = tuple(1.0 if k // ct in seen else 0.0 for k in range(nt))
+    return out
+
+
+def _time_label(t: Any) -> str:
+    s = str(np.datetime64(t, "s"))
+    return s[:10] if s.endswith("T00:00:00") else s
+
+
+def warn_empty(fractions: Mapping[str, Sequence[float]] | None, labels: Sequence[str], *,
+               where: str, pixels: int | None = None) -> None:
+    """Warn (:class:`~xfusion.errors.EmptyPredictionWarning`) about variable/time planes with
+    no valid pixel in a written result (``pixels``: the size of one plane)."""
+    import warnings
+
+    from xfusion.errors import EmptyPredictionWarning
+
+    if not fractions:
+        return
+    of = f" (0 of {pixels} px)" if pixels else ""
+    for name, frac in fractions.items():
+        empty = [labels[k] for k, f in enumerate(frac) if f == 0.0]
+        if empty:
+            warnings.warn(
+                EmptyPredictionWarning(
+                    f"{where}: variable {name!r} has no valid pixel{of} at {len(empty)} of "
+                    f"{len(frac)} time(s): {empty[:6]!r}{' ...' if len(empty) > 6 else ''}. "
+                    "Check the inputs there (coarse image all NaN, fine pair outside the "
+                    "method's data range or in another unit)."
+                ),
+                stacklevel=3,
+            )
+
+
 # --------------------------------------------------------------------------------------------
 # to_zarr / open_zarr
 # --------------------------------------------------------------------------------------------
@@ -458,6 +540,10 @@ def to_zarr(
       variable's ``grid_mapping`` (rioxarray, odc-geo, GDAL) and as GeoZarr ``proj:`` /
       ``spatial:`` group attributes (see :func:`geozarr_attrs`). Read it back with
       :func:`open_zarr` (``decode_coords="all"``) so that ``.rio.crs`` works.
+    - A float variable with no valid pixel at some time (a target the method could not
+      predict) raises an :class:`~xfusion.errors.EmptyPredictionWarning` naming the variable,
+      the times and the counts (local stores; found from the stored chunk keys, as chunks
+      holding only NaN are not stored, so nothing is read back).
     - zarr 3 does not store chunks that are entirely fill value (``write_empty_chunks=False``);
       they read back as fill value (NaN), which is the same data.
 
@@ -523,6 +609,13 @@ def to_zarr(
     if not compute:
         return delayed
     _compute(delayed, progress=_show_progress(progress), desc="xfusion.to_zarr")
+    if region is None and mode in ("w-", "w"):
+        sd = _try_spatial(ds)[0]
+        planes = _empty_planes(ds, store, group, sd, zarr_format)
+        if planes and sd is not None:
+            labels = tuple(_time_label(v) for v in np.asarray(ds["time"].values))
+            warn_empty(planes, labels, where=_store_repr(store),
+                       pixels=int(ds.sizes[sd[0]]) * int(ds.sizes[sd[1]]))
     return None
 
 
