@@ -1,0 +1,1000 @@
+"""Compute kernel of ESTARFM on raw numpy blocks (all bands of one target at once).
+
+No xarray/dask code lives here: :func:`estarfm_block` takes the five inputs of one target
+(``F1, C1`` at the pair before, ``F2, C2`` at the pair after, ``C0`` at the target, all on the
+fine grid, shape ``(nb, H, W)``) for a block with its halo, plus the similarity thresholds
+(global statistics computed beforehand, see :func:`threshold_moments`), and returns the
+prediction of the block interior. The lazy method (:mod:`xfusion.methods.estarfm`) maps it over
+Dask chunks with a halo of ``half_window`` pixels.
+
+Implementation (specs/estarfm.md section 5): per target pixel, one fused pass over its window
+builds the candidate mask (all bands, both pairs), the weights ``1 / ((1 - R) D + eps)`` (``R``
+precomputed per pixel, ``D`` from a table of the window offsets) and accumulates the candidate
+count, the weight sum and, per band, the weighted coarse changes and the coarse change between
+the pairs. The regression sums (centred on the target pixel's values) are a second pass that
+runs only where the conversion coefficient is needed, and the weighted fine means a third pass
+that runs only where the prediction falls outside the data range; both reuse the window's mask
+and weights kept from the first pass. The temporal weights come from window sums over the valid
+pixels, computed by separable (column, then row) sums in a fixed order, so every target pixel
+gets the same float result whatever block it is computed in. The F test compares the F
+statistic with a table of critical values ``F_(1-p)(1, nu)`` (scipy, once per ``p_value`` and
+window size), so the compiled code needs no special function; the quality-weighted variant of
+ImageFusion evaluates the F(1, nu) CDF with the exact finite series of the Student t
+distribution (Abramowitz & Stegun 26.7.3-4).
+
+Compiled loops use ``fastmath={"reassoc", "contract"}`` only (vectorised reductions, fused
+multiply-add); NaN and infinity semantics are kept. The summation order of every sum depends
+only on the window, never on the block or the thread, so results are bit-identical for any
+chunking and thread count.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+import numpy as np
+from numba import njit
+
+from xfusion.errors import InvalidParameterError
+
+__all__ = [
+    "EstarfmDiagnostics",
+    "VARIANTS",
+    "distance_table",
+    "estarfm_block",
+    "estarfm_blockwise",
+    "f1_cdf",
+    "f_critical_table",
+    "spectral_correlation",
+    "threshold_from_moments",
+    "threshold_moments",
+    "thresholds_numpy",
+    "validity_mask",
+]
+
+VARIANTS: tuple[str, ...] = ("zhu", "imagefusion")
+
+
+
+# ----------------------------------------------------------------------------------------------
+# small tables and pointwise terms
+# ----------------------------------------------------------------------------------------------
+@lru_cache(maxsize=16)
+def f_critical_table(p_value: float, nu_max: int) -> np.ndarray:
+    """Critical values ``F_(1 - p_value)(1, nu)`` for ``nu = 0 ... nu_max`` (entry 0 is +inf).
+
+    A regression of ``N`` points is significant at level ``p_value`` when its F statistic
+    (``N - 2`` degrees of freedom) is ``>= table[N - 2]``: that is ``p <= p_value`` (Zhu) and
+    ``Fcdf >= 1 - p_value`` (ImageFusion), both inclusive.
+    """
+    from scipy import stats
+
+    nu = np.arange(1, int(nu_max) + 1, dtype=np.float64)
+    table = np.empty(int(nu_max) + 1, dtype=np.float64)
+    table[0] = np.inf
+    table[1:] = stats.f.isf(float(p_value), 1.0, nu)
+    table.setflags(write=False)
+    return table
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def f1_cdf(f: float, nu: int) -> float:
+    """CDF of the F(1, nu) distribution at ``f`` (exact finite series, nu >= 1).
+
+    ``F(1, nu)`` is the square of a Student t with ``nu`` degrees of freedom, so
+    ``Fcdf(f) = P(|T| <= sqrt(f))`` (Abramowitz & Stegun 26.7.3 for odd, 26.7.4 for even nu).
+    """
+    if not (f > 0.0):
+        return 0.0 if f <= 0.0 else math.nan
+    if f == math.inf:
+        return 1.0
+    theta = math.atan(math.sqrt(f / nu))
+    s = math.sin(theta)
+    c = math.cos(theta)
+    c2 = c * c
+    if nu % 2 == 1:
+        total = 0.0
+        if nu > 1:
+            term = c
+            total = term
+            for k in range(1, (nu - 3) // 2 + 1):
+                term *= c2 * (2.0 * k) / (2.0 * k + 1.0)
+                total += term
+                if term < 1e-18 * total:
+                    break
+        return min(1.0, 2.0 / math.pi * (theta + s * total))
+    term = 1.0
+    total = 1.0
+    for k in range(1, (nu - 2) // 2 + 1):
+        term *= c2 * (2.0 * k - 1.0) / (2.0 * k)
+        total += term
+        if term < 1e-18 * total:
+            break
+    return min(1.0, s * total)
+
+
+def distance_table(half_window: int, variant: str) -> np.ndarray:
+    """``D`` over the window offsets, shape ``(2w + 1, 2w + 1)``.
+
+    "zhu": ``1 + d / w``; "imagefusion": ``1 + 2 d / (2w + 1)`` (``d`` the Euclidean pixel
+    distance), written in the reference programs' operation order.
+    """
+    w = int(half_window)
+    off = np.arange(-w, w + 1, dtype=np.float64)
+    d = np.sqrt(off[:, None] ** 2 + off[None, :] ** 2)
+    if variant == "zhu":
+        return 1.0 + d / float(w)
+    return d * 2.0 / (2 * w + 1) + 1.0
+
+
+def validity_mask(
+    arrays: tuple[np.ndarray, ...], *, fill: float | None, first_band_only: bool = False
+) -> np.ndarray:
+    """``(H, W)`` bool: the pixel is finite (and not ``fill``) in all five inputs.
+
+    Every band is tested, or band 0 only with ``first_band_only`` (Zhu's programs).
+    """
+    ok = np.ones(arrays[0].shape[1:], dtype=bool)
+    use_fill = fill is not None and not math.isnan(fill)
+    for a in arrays:
+        x = a[:1] if first_band_only else a
+        bad = ~np.isfinite(x)
+        if use_fill:
+            bad |= x == fill
+        ok &= ~bad.any(axis=0)
+    return ok
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _correlation_rows(f1, c1, f2, c2, valid, zhu, out):
+    nb, ny, nx = f1.shape
+    m = 2 * nb
+    hv = np.empty(m)
+    lv = np.empty(m)
+    for i in range(ny):
+        for j in range(nx):
+            if not valid[i, j]:
+                out[i, j] = 0.0
+                continue
+            if zhu and nb == 1:
+                r = 1.0 - 0.5 * (
+                    abs((f1[0, i, j] - c1[0, i, j]) / (f1[0, i, j] + c1[0, i, j]))
+                    + abs((f2[0, i, j] - c2[0, i, j]) / (f2[0, i, j] + c2[0, i, j]))
+                )
+                out[i, j] = 0.5 if math.isnan(r) else r
+                continue
+            for b in range(nb):
+                hv[b] = f1[b, i, j]
+                hv[nb + b] = f2[b, i, j]
+                lv[b] = c1[b, i, j]
+                lv[nb + b] = c2[b, i, j]
+            if not zhu:
+                same_h = True
+                same_l = True
+                for q in range(1, m):
+                    same_h &= hv[q] == hv[0]
+                    same_l &= lv[q] == lv[0]
+                if same_h or same_l:
+                    out[i, j] = 1.0
+                    continue
+            mh = 0.0
+            ml = 0.0
+            for q in range(m):
+                mh += hv[q]
+                ml += lv[q]
+            mh /= m
+            ml /= m
+            sxy = 0.0
+            sxx = 0.0
+            syy = 0.0
+            for q in range(m):
+                dh = hv[q] - mh
+                dl = lv[q] - ml
+                sxy += dh * dl
+                sxx += dh * dh
+                syy += dl * dl
+            r = sxy / math.sqrt(sxx * syy)
+            out[i, j] = 0.5 if (zhu and math.isnan(r)) else r
+
+
+def spectral_correlation(
+    f1: np.ndarray, c1: np.ndarray, f2: np.ndarray, c2: np.ndarray, valid: np.ndarray, variant: str
+) -> np.ndarray:
+    """Spectral correlation ``R`` of every pixel, ``(H, W)`` float64 (0 where invalid).
+
+    "zhu": one band ``1 - (|(F1 - C1)/(F1 + C1)| + |(F2 - C2)/(F2 + C2)|) / 2``, several bands
+    the Pearson r of ``(F1, F2)`` and ``(C1, C2)`` over all bands; NaN becomes 0.5.
+    "imagefusion": the Pearson r (1 when all fine or all coarse values are equal).
+    """
+    out = np.empty(f1.shape[1:], dtype=np.float64)
+    with np.errstate(all="ignore"):
+        _correlation_rows(f1, c1, f2, c2, valid, variant == "zhu", out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# global similarity thresholds: exact moments, so they do not depend on the chunking
+# ----------------------------------------------------------------------------------------------
+NPART = 64  # room for the partials of an exact float64 sum (at most ~40 for finite doubles)
+#: per (image, band): [pixels counted, valid pixels, valid in data_range, min, max, overflow,
+#: partials of sum(v) (NPART), partials of sum(v*v) (NPART)]
+MOMENT_SIZE = 6 + 2 * NPART
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _grow(parts, q, nparts, x):
+    # Shewchuk's grow-expansion (Python's msum): add x to the non-overlapping partials of row q
+    i = 0
+    for j in range(nparts[q]):
+        y = parts[q, j]
+        if abs(x) < abs(y):
+            x, y = y, x
+        h = x + y
+        r = y - (h - x)
+        if r != 0.0:
+            parts[q, i] = r
+            i += 1
+        x = h
+    parts[q, i] = x
+    nparts[q] = i + 1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _moments_impl(vals, use, subst, use_subst, lo, hi, out):
+    parts = out[6:].reshape(2, NPART)
+    nparts = np.zeros(2, np.int64)
+    count = 0
+    nvalid = 0
+    ninr = 0
+    vmin = np.inf
+    vmax = -np.inf
+    ny, nx = vals.shape
+    for i in range(ny):
+        for j in range(nx):
+            if use[i, j]:
+                v = np.float64(vals[i, j])
+                nvalid += 1
+                if v >= lo and v <= hi:
+                    ninr += 1
+                vmin = min(vmin, v)
+                vmax = max(vmax, v)
+            elif use_subst:
+                v = subst
+            else:
+                continue
+            sq = v * v
+            if not (abs(sq) < np.inf):
+                out[5] = 1.0
+                continue
+            count += 1
+            _grow(parts, 0, nparts, v)
+            _grow(parts, 1, nparts, sq)
+    out[0] = count
+    out[1] = nvalid
+    out[2] = ninr
+    out[3] = vmin
+    out[4] = vmax
+    for q in range(2):  # slots past the final number of partials hold stale values
+        parts[q, nparts[q] :] = 0.0
+
+
+def threshold_moments(
+    f1: np.ndarray,
+    c1: np.ndarray,
+    f2: np.ndarray,
+    c2: np.ndarray,
+    c0: np.ndarray,
+    /,
+    *,
+    variant: str,
+    fill: float | None,
+    data_range: tuple[float, float],
+    first_band_only: bool = False,
+) -> np.ndarray:
+    """Exact moments of the two fine images of one target, shape ``(2, nb, MOMENT_SIZE)``.
+
+    Which pixels count (spec sections 1.3 and 2): "zhu" every pixel of ``F_k``, a pixel that
+    is invalid in any band of ``F_k`` counted as the value ``fill`` (left out when ``fill`` is
+    None); "imagefusion" the pixels valid in all five inputs. The sums are Shewchuk
+    expansions, exact whatever the block, so the combined statistic (:func:`threshold_from_moments`)
+    does not depend on how the image is cut. Also recorded: the number of valid pixels of
+    ``F_k`` and how many lie inside ``data_range`` (inclusive), with their min and max.
+    """
+    arrays = [_as_bands(a) for a in (f1, c1, f2, c2, c0)]
+    nb = arrays[0].shape[0]
+    out = np.zeros((2, nb, MOMENT_SIZE), dtype=np.float64)
+    use_fill = fill is not None and not math.isnan(fill)
+    valid5 = None
+    if variant != "zhu":
+        valid5 = validity_mask(tuple(arrays), fill=fill, first_band_only=False)
+    lo, hi = (float(x) for x in data_range)
+    for k, img in enumerate((arrays[0], arrays[2])):
+        ok = np.isfinite(img)
+        if use_fill:
+            ok &= img != fill
+        own = ok.all(axis=0)
+        use = own if valid5 is None else valid5
+        subst = float(fill) if (variant == "zhu" and use_fill) else 0.0
+        for b in range(nb):
+            _moments_impl(np.ascontiguousarray(img[b]), use, subst,
+                          variant == "zhu" and use_fill, lo, hi, out[k, b])
+    return out
+
+
+def threshold_from_moments(
+    moments: np.ndarray, *, num_class: float, threshold_std: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Combine moments ``(2, nb, ..., MOMENT_SIZE)`` (blocks along the middle axes).
+
+    Returns ``(thresholds (2, nb), summary (2, nb, 5))``: ``std * 2 / num_class`` with the
+    sample (n - 1) or population (n) standard deviation from the exact sums (0 when
+    undefined), and per image and band ``[valid pixels, valid pixels inside data_range, min,
+    max, overflow flag]``.
+    """
+    from fractions import Fraction
+
+    two, nb = moments.shape[:2]
+    flat = moments.reshape(two, nb, -1, MOMENT_SIZE)
+    thr = np.zeros((two, nb), dtype=np.float64)
+    summary = np.zeros((two, nb, 5), dtype=np.float64)
+    ddof = 1 if threshold_std == "sample" else 0
+    for k in range(two):
+        for b in range(nb):
+            p = flat[k, b]
+            n = int(p[:, 0].sum())
+            summary[k, b] = (p[:, 1].sum(), p[:, 2].sum(), p[:, 3].min(), p[:, 4].max(),
+                             float(p[:, 5].any()))
+            if n - ddof <= 0 or p[:, 5].any():
+                continue
+            s = sum((Fraction(x) for x in p[:, 6 : 6 + NPART].ravel() if x), Fraction(0))
+            ss = sum((Fraction(x) for x in p[:, 6 + NPART :].ravel() if x), Fraction(0))
+            var = max((ss - s * s / n) / (n - ddof), Fraction(0))
+            thr[k, b] = math.sqrt(float(var)) * 2.0 / float(num_class)
+    return thr, summary
+
+
+def thresholds_numpy(
+    f1: np.ndarray, c1: np.ndarray, f2: np.ndarray, c2: np.ndarray, c0: np.ndarray, /, *,
+    variant: str, fill: float | None, num_class: float, threshold_std: str,
+    first_band_only: bool = False,
+) -> np.ndarray:
+    """Similarity thresholds ``(2, nb)`` of whole in-memory images (see :func:`threshold_moments`)."""
+    mom = threshold_moments(f1, c1, f2, c2, c0, variant=variant, fill=fill,
+                            data_range=(-np.inf, np.inf), first_band_only=first_band_only)
+    return threshold_from_moments(mom, num_class=num_class, threshold_std=threshold_std)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# window sums over the valid pixels (separable, fixed order)
+# ----------------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True, error_model="numpy")
+def _box_sums(q, w, r0, r1, c0, c1, out):
+    # out[i - r0, j - c0] = sum of q over rows i-w..i+w, cols j-w..j+w clipped to the array;
+    # column sums first (each over its rows in order), then row sums of those (in order)
+    ny, nx = q.shape
+    col = np.empty(nx)
+    for i in range(r0, r1):
+        ra = max(0, i - w)
+        rb = min(ny, i + w + 1)
+        for j in range(nx):
+            col[j] = 0.0
+        for r in range(ra, rb):
+            qr = q[r]
+            for j in range(nx):
+                col[j] += qr[j]
+        for j in range(c0, c1):
+            ca = max(0, j - w)
+            cb = min(nx, j + w + 1)
+            s = 0.0
+            for c in range(ca, cb):
+                s += col[c]
+            out[i - r0, j - c0] = s
+
+
+def _window_sums(q: np.ndarray, w: int, interior: tuple[int, int, int, int]) -> np.ndarray:
+    r0, r1, c0, c1 = interior
+    out = np.empty((r1 - r0, c1 - c0), dtype=np.float64)
+    _box_sums(np.ascontiguousarray(q, dtype=np.float64), w, r0, r1, c0, c1, out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the per-pixel kernel
+# ----------------------------------------------------------------------------------------------
+# Row sweep: for one row of centres and one window offset (di, dj), the candidate of centre j
+# is pixel j + dj of row i + di, so a loop over the centres reads contiguous memory and
+# vectorises; each centre's sums are its own accumulators (arrays over the row), added in the
+# window order (di, dj): no reduction across vector lanes, no reassociation, no FMA. A rarely
+# needed sum is computed per centre instead (_centre_sums), in the same order with the same
+# operations (a non-candidate adds an exact 0), so every path gives the same bits.
+#
+# Per-pixel planes (precomputed per block): ch = (C0 - C1, C0 - C2, C1 - C2) and the
+# regression planes rq = (C1 + C2, F1 + F2, C1^2 + C2^2, C1 F1 + C2 F2, F1^2 + F2^2), whose
+# masked sums give the OLS of the 2n points (x = C1, C2; y = F1, F2) of the candidates.
+
+_CH, _RQ = 3, 5
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _sweep_mask(i, r, dj, ja, jb, c0i, f1, f2, validf, t1r, t2r, local, strict, m):
+    # m[t] = 1.0 when pixel (r, ja + t + dj) is a similar, valid candidate of centre (i, ja + t)
+    nb = f1.shape[0]
+    ln = jb - ja
+    ka = ja + dj
+    vv = validf[r, ka : ka + ln]
+    for t in range(ln):
+        m[t] = vv[t]
+    for b in range(nb):
+        fk1 = f1[b, r, ka : ka + ln]
+        fk2 = f2[b, r, ka : ka + ln]
+        fc1 = f1[b, i, ja:jb]
+        fc2 = f2[b, i, ja:jb]
+        if local:
+            a1 = t1r[b, ja - c0i : jb - c0i]
+            a2 = t2r[b, ja - c0i : jb - c0i]
+            if strict:
+                for t in range(ln):
+                    ok = (abs(fk1[t] - fc1[t]) < a1[t]) & (abs(fk2[t] - fc2[t]) < a2[t])
+                    m[t] = m[t] if ok else 0.0
+            else:
+                for t in range(ln):
+                    bad = (abs(fk1[t] - fc1[t]) > a1[t]) | (abs(fk2[t] - fc2[t]) > a2[t])
+                    m[t] = 0.0 if bad else m[t]
+        else:
+            s1 = t1r[b, 0]
+            s2 = t2r[b, 0]
+            if strict:
+                for t in range(ln):
+                    ok = (abs(fk1[t] - fc1[t]) < s1) & (abs(fk2[t] - fc2[t]) < s2)
+                    m[t] = m[t] if ok else 0.0
+            else:
+                for t in range(ln):
+                    bad = (abs(fk1[t] - fc1[t]) > s1) | (abs(fk2[t] - fc2[t]) > s2)
+                    m[t] = 0.0 if bad else m[t]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _sweep_row(i, f1, f2, ch, rq, validf, om, dtab, t1r, t2r, local, w, c0i, c1i, strict, eps_d,
+               first, need, acc_n, acc_w, acc, reg, m, wv):
+    # the windows of row i, offset by offset. first: candidate count, weight sum and per band
+    # the weighted sums of C0 - C1, C0 - C2 and the sum of C1 - C2 (acc[0..2]); need[b]: the
+    # regression sums of band b (reg[b, 0..4]).
+    nb, ny, nx = f1.shape
+    fast1 = nb == 1 and not local
+    anyreg = False
+    for b in range(nb):
+        anyreg |= need[b]
+    if first:
+        acc_n[:] = 0.0
+        acc_w[:] = 0.0
+        acc[:] = 0.0
+    for b in range(nb):
+        if need[b]:
+            reg[b] = 0.0
+    for r in range(max(0, i - w), min(ny, i + w + 1)):
+        for dj in range(-w, w + 1):
+            ja = max(c0i, -dj)
+            jb = min(c1i, nx - dj)
+            if jb <= ja:
+                continue
+            ln = jb - ja
+            ka = ja + dj
+            lo = ja - c0i
+            hi = jb - c0i
+            if first and fast1:
+                # one band, global thresholds: mask, weights and sums in one loop
+                d = dtab[r - i + w, dj + w]
+                vv = validf[r, ka : ka + ln]
+                fk1 = f1[0, r, ka : ka + ln]
+                fk2 = f2[0, r, ka : ka + ln]
+                fc1 = f1[0, i, ja:jb]
+                fc2 = f2[0, i, ja:jb]
+                omk = om[r, ka : ka + ln]
+                k1 = ch[0, 0, r, ka : ka + ln]
+                k2 = ch[1, 0, r, ka : ka + ln]
+                kd = ch[2, 0, r, ka : ka + ln]
+                an = acc_n[lo:hi]
+                aw = acc_w[lo:hi]
+                s1 = acc[0, 0, lo:hi]
+                s2 = acc[1, 0, lo:hi]
+                sd = acc[2, 0, lo:hi]
+                g1 = t1r[0, 0]
+                g2 = t2r[0, 0]
+                if strict:
+                    for t in range(ln):
+                        ok = (abs(fk1[t] - fc1[t]) < g1) & (abs(fk2[t] - fc2[t]) < g2)
+                        mt = vv[t] if ok else 0.0
+                        v = mt / (omk[t] * d + eps_d)
+                        m[t] = mt
+                        an[t] += mt
+                        aw[t] += v
+                        s1[t] += v * k1[t]
+                        s2[t] += v * k2[t]
+                        sd[t] += mt * kd[t]
+                else:
+                    for t in range(ln):
+                        bad = (abs(fk1[t] - fc1[t]) > g1) | (abs(fk2[t] - fc2[t]) > g2)
+                        mt = 0.0 if bad else vv[t]
+                        v = mt / (omk[t] * d + eps_d)
+                        m[t] = mt
+                        an[t] += mt
+                        aw[t] += v
+                        s1[t] += v * k1[t]
+                        s2[t] += v * k2[t]
+                        sd[t] += mt * kd[t]
+            else:
+                _sweep_mask(i, r, dj, ja, jb, c0i, f1, f2, validf, t1r, t2r, local, strict, m)
+            if first and not fast1:
+                d = dtab[r - i + w, dj + w]
+                omk = om[r, ka : ka + ln]
+                an = acc_n[lo:hi]
+                aw = acc_w[lo:hi]
+                for t in range(ln):
+                    v = m[t] / (omk[t] * d + eps_d)
+                    wv[t] = v
+                    an[t] += m[t]
+                    aw[t] += v
+                for b in range(nb):
+                    k1 = ch[0, b, r, ka : ka + ln]
+                    k2 = ch[1, b, r, ka : ka + ln]
+                    kd = ch[2, b, r, ka : ka + ln]
+                    s1 = acc[0, b, lo:hi]
+                    s2 = acc[1, b, lo:hi]
+                    sd = acc[2, b, lo:hi]
+                    for t in range(ln):
+                        v = wv[t]
+                        s1[t] += v * k1[t]
+                        s2[t] += v * k2[t]
+                        sd[t] += m[t] * kd[t]
+            if anyreg:
+                for b in range(nb):
+                    if not need[b]:
+                        continue
+                    for q in range(_RQ):
+                        kq = rq[q, b, r, ka : ka + ln]
+                        sq = reg[b, q, lo:hi]
+                        for t in range(ln):
+                            sq[t] += m[t] * kq[t]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _centre_sums(i, j, jj, b, f1, f2, rq, validf, om, dtab, t1r, t2r, local, w, strict, eps_d,
+                 fine, out):
+    # one centre, one band, in the window order: the regression sums (fine=False, out[0..4],
+    # the same as _sweep_row) or the weighted sums of F1 - F1(c), F2 - F2(c) (fine=True)
+    nb, ny, nx = f1.shape
+    out[:] = 0.0
+    for r in range(max(0, i - w), min(ny, i + w + 1)):
+        for k in range(max(0, j - w), min(nx, j + w + 1)):
+            if validf[r, k] == 0.0:
+                continue
+            ok = True
+            for q in range(nb):
+                e1 = abs(f1[q, r, k] - f1[q, i, j])
+                e2 = abs(f2[q, r, k] - f2[q, i, j])
+                a1 = t1r[q, jj] if local else t1r[q, 0]
+                a2 = t2r[q, jj] if local else t2r[q, 0]
+                if strict:
+                    ok &= (e1 < a1) & (e2 < a2)
+                else:
+                    ok &= not ((e1 > a1) | (e2 > a2))
+            if not ok:
+                continue
+            if fine:
+                v = 1.0 / (om[r, k] * dtab[r - i + w, k - j + w] + eps_d)
+                out[0] += v * (f1[b, r, k] - f1[b, i, j])
+                out[1] += v * (f2[b, r, k] - f2[b, i, j])
+            else:
+                for q in range(_RQ):
+                    out[q] += rq[q, b, r, k]
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _conversion(zhu, n2, sx, sy, sxx, sxy, syy, fcrit, v_max, quality):
+    # conversion coefficient V from the regression sums of n2 points (x coarse, y fine)
+    cxx = sxx - sx * sx / n2
+    cxy = sxy - sx * sy / n2
+    cyy = syy - sy * sy / n2
+    nu = int(n2) - 2
+    if zhu:
+        if not (cxx > 0.0):
+            return 1.0
+        slope = cxy / cxx
+        if not (slope > 0.0 and slope <= v_max):
+            return 1.0
+        if not (cyy > 0.0):  # F = 0/0: no p-value, not significant
+            return 1.0
+        den = cxx * cyy - cxy * cxy
+        if den > 0.0 and (nu * cxy * cxy / den) < fcrit[nu]:
+            return 1.0
+        return slope
+    det = n2 * sxx - sx * sx
+    if abs(det) < 1e-14:
+        return 1.0
+    slope = (n2 * sxy - sx * sy) / det
+    if slope < 0.0 or slope > v_max or nu <= 0:
+        return 1.0
+    if not (cyy > 0.0):  # R^2 = 0/0: F not finite, ImageFusion keeps the slope
+        return slope
+    den = cxx * cyy - cxy * cxy
+    if not (den > 0.0):  # R^2 >= 1: F infinite or negative, slope kept
+        return slope
+    fval = nu * cxy * cxy / den
+    if not (fval < np.inf):
+        return slope
+    if quality:
+        q = f1_cdf(fval, nu)
+        return slope * q + (1.0 - q)
+    return 1.0 if fval < fcrit[nu] else slope
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _rows(ia, ib, f1, f2, ch, rq, validf, om, dtab, th, ltol, local, cntv, s1w, s2w, fcrit, w,
+          r0, c0i, c1i, zhu, min_cand, eps_d, eps_t, lo, hi, chg_thr, v_max, quality, truncate,
+          out, ncand):
+    nb = f1.shape[0]
+    nc = c1i - c0i
+    strict = zhu
+    acc_n = np.empty(nc)
+    acc_w = np.empty(nc)
+    acc = np.empty((_CH, nb, nc))
+    reg = np.empty((nb, _RQ, nc))
+    t1r = np.empty((nb, nc if local else 1))
+    t2r = np.empty((nb, nc if local else 1))
+    m = np.empty(nc)
+    wv = np.empty(nc)
+    cs = np.empty(_RQ)
+    have = np.zeros(nb, np.bool_)
+    need = np.zeros(nb, np.bool_)
+    merge = np.zeros(nb, np.bool_)
+    needpx = np.zeros((nb, nc), np.bool_)
+    for b in range(nb):
+        merge[b] = not zhu  # imagefusion tests the coarse spread of every candidate set
+        if not local:
+            t1r[b, 0] = th[0, b]
+            t2r[b, 0] = th[1, b]
+    for ii in range(ia, ib):
+        i = r0 + ii
+        if local:
+            for b in range(nb):
+                for jj in range(nc):
+                    t1r[b, jj] = ltol[0, b, ii, jj]
+                    t2r[b, jj] = ltol[1, b, ii, jj]
+        for b in range(nb):
+            have[b] = merge[b]
+        _sweep_row(i, f1, f2, ch, rq, validf, om, dtab, t1r, t2r, local, w, c0i, c1i, strict, eps_d,
+                   True, have, acc_n, acc_w, acc, reg, m, wv)
+        # the centres that need the regression sums: zhu, enough coarse change between the
+        # pairs; imagefusion, all (computed in the first pass above)
+        fresh = False
+        for b in range(nb):
+            nneed = 0
+            for jj in range(nc):
+                n = acc_n[jj]
+                ok = validf[i, c0i + jj] != 0.0 and n >= min_cand
+                if zhu:
+                    ok = ok and abs(acc[2, b, jj]) / n >= chg_thr
+                needpx[b, jj] = ok
+                nneed += ok
+            # zhu: a second sweep for a band needed often in this row, merged into the first
+            # pass of the next row of this thread; a few centres are summed one by one
+            often = nneed * 8 > nc
+            need[b] = zhu and often and not have[b]
+            fresh |= need[b]
+            if zhu:
+                merge[b] = often
+        if fresh:
+            _sweep_row(i, f1, f2, ch, rq, validf, om, dtab, t1r, t2r, local, w, c0i, c1i, strict,
+                       eps_d, False, need, acc_n, acc_w, acc, reg, m, wv)
+            for b in range(nb):
+                have[b] |= need[b]
+        for jj in range(nc):
+            j = c0i + jj
+            n = acc_n[jj]
+            if validf[i, j] == 0.0:
+                for b in range(nb):
+                    out[b, ii, jj] = np.nan
+                ncand[ii, jj] = 0.0
+                continue
+            ncand[ii, jj] = n
+            sw = acc_w[jj]
+            cv = cntv[ii, jj]
+            for b in range(nb):
+                y1c = f1[b, i, j]
+                y2c = f2[b, i, j]
+                d1 = s1w[b, ii, jj]
+                d2 = s2w[b, ii, jj]
+                if zhu:
+                    if n < min_cand:
+                        m1 = d1 / cv + eps_t
+                        m2 = d2 / cv + eps_t
+                        e1 = abs(m1)
+                        e2 = abs(m2)
+                    else:
+                        e1 = abs(d1 / cv) + eps_t
+                        e2 = abs(d2 / cv) + eps_t
+                    tw1 = (1.0 / e1) / (1.0 / e1 + 1.0 / e2)
+                    tw2 = (1.0 / e2) / (1.0 / e1 + 1.0 / e2)
+                    if n < min_cand:
+                        p = tw1 * (y1c + m1) + tw2 * (y2c + m2)
+                        out[b, ii, jj] = np.trunc(p) if truncate else p
+                        continue
+                else:
+                    g1 = 1.0 / (abs(d1) + eps_t)
+                    g2 = 1.0 / (abs(d2) + eps_t)
+                    tw1 = g1 / (g1 + g2)
+                    tw2 = g2 / (g1 + g2)
+                    if n < min_cand:
+                        p = tw1 * y1c + tw2 * y2c
+                        out[b, ii, jj] = np.trunc(p) if truncate else p
+                        continue
+                vconv = 1.0
+                if needpx[b, jj]:
+                    if have[b]:
+                        for q in range(_RQ):
+                            cs[q] = reg[b, q, jj]
+                    else:
+                        _centre_sums(i, j, jj, b, f1, f2, rq, validf, om, dtab, t1r, t2r,
+                                     local, w, strict, eps_d, False, cs)
+                    n2 = 2.0 * n
+                    if zhu:
+                        vconv = _conversion(True, n2, cs[0], cs[1], cs[2], cs[3], cs[4], fcrit,
+                                            v_max, quality)
+                    else:
+                        var = (cs[2] - cs[0] * cs[0] / n2) / (n2 - 1.0)
+                        if math.sqrt(max(var, 0.0)) > chg_thr:
+                            vconv = _conversion(False, n2, cs[0], cs[1], cs[2], cs[3], cs[4],
+                                                fcrit, v_max, quality)
+                p = tw1 * (y1c + vconv * acc[0, b, jj] / sw) + tw2 * (
+                    y2c + vconv * acc[1, b, jj] / sw
+                )
+                if zhu:
+                    outside = p <= lo or p >= hi
+                else:
+                    if truncate:
+                        p = np.trunc(p)
+                    outside = p < lo or p > hi
+                if outside:
+                    _centre_sums(i, j, jj, b, f1, f2, rq, validf, om, dtab, t1r, t2r, local, w,
+                                 strict, eps_d, True, cs)
+                    p = tw1 * (y1c + cs[0] / sw) + tw2 * (y2c + cs[1] / sw)
+                out[b, ii, jj] = np.trunc(p) if truncate else p
+
+
+# ----------------------------------------------------------------------------------------------
+# public block function
+# ----------------------------------------------------------------------------------------------
+class EstarfmDiagnostics(NamedTuple):
+    """Prediction of :func:`estarfm_block` with the number of similar pixels."""
+
+    prediction: np.ndarray
+    """``(nb, H', W')`` float64 prediction of the block interior (NaN where invalid)."""
+    n_candidates: np.ndarray
+    """``(H', W')`` int32 number of similar pixels (candidates) of each interior pixel."""
+
+
+def _as_bands(a: Any) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise InvalidParameterError(
+            f"ESTARFM inputs must be (nb, H, W) or (H, W) arrays; got shape {a.shape!r}."
+        )
+    return a
+
+
+def _resolve_threads(threads: int | None) -> int:
+    if threads is None:
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            return os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1:
+        raise InvalidParameterError(
+            f"threads must be a positive integer or None (all available CPUs); got {threads!r}. "
+            "Use threads=1 when the caller (e.g. dask) already runs blocks in parallel."
+        )
+    return int(threads)
+
+
+def _halo_sides(halo: int | tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    h = (halo,) * 4 if isinstance(halo, int | np.integer) else tuple(halo)
+    if len(h) != 4 or any(int(x) != x or x < 0 for x in h):
+        raise InvalidParameterError(
+            f"halo must be an int >= 0 or (top, bottom, left, right) ints >= 0; got {halo!r}."
+        )
+    return int(h[0]), int(h[1]), int(h[2]), int(h[3])
+
+
+def estarfm_block(
+    f1: np.ndarray,
+    c1: np.ndarray,
+    f2: np.ndarray,
+    c2: np.ndarray,
+    c0: np.ndarray,
+    /,
+    *,
+    thresholds: Any,
+    half_window: int = 25,
+    halo: int | tuple[int, int, int, int] = 0,
+    variant: str = "zhu",
+    num_class: float = 4.0,
+    data_range: tuple[float, float] = (0.0, 10000.0),
+    fill: float | None = -9999.0,
+    change_min_fraction: float = 0.02,
+    p_value: float = 0.05,
+    v_max: float = 5.0,
+    min_candidates: int = 6,
+    eps_distance: float = 1e-7,
+    eps_time: float = 1e-10,
+    zhu_first_band_only: bool = False,
+    use_local_tol: bool = False,
+    use_quality_weighted_regression: bool = False,
+    truncate: bool = False,
+    threads: int | None = None,
+    diagnostics: bool = False,
+) -> np.ndarray | EstarfmDiagnostics:
+    """Predict all bands of one target date with ESTARFM on a block of the fine grid.
+
+    Parameters
+    ----------
+    f1, c1, f2, c2, c0 : numpy.ndarray
+        Fine and coarse at the pair before (``f1, c1``) and after (``f2, c2``) and coarse at
+        the target (``c0``), all on the fine grid, ``(nb, H, W)`` or ``(H, W)``. NaN (or
+        ``fill``) marks unobserved pixels.
+    thresholds : array_like
+        ``(2, nb)`` similarity thresholds (``std * 2 / num_class`` of each whole fine image),
+        computed globally (:func:`threshold_moments` / :func:`threshold_from_moments`).
+        Ignored by "imagefusion" with ``use_local_tol``.
+    half_window : int, default 25
+        ``w``: windows are ``2w + 1`` pixels wide, clipped at the block edges where the block
+        has no halo (the image edge under ``map_overlap(boundary="none")``).
+    halo : int or (top, bottom, left, right), default 0
+        Rows/columns of halo on each side; only the interior is predicted. Each must be 0
+        (image edge) or at least ``half_window``.
+    variant : {"zhu", "imagefusion"}
+        The reference program to follow (specs/estarfm.md sections 1 and 2).
+    num_class, data_range, fill, change_min_fraction, p_value, v_max, min_candidates, \
+eps_distance, eps_time, zhu_first_band_only, use_local_tol, use_quality_weighted_regression
+        As in :class:`xfusion.methods.estarfm.EstarfmParams`.
+    truncate : bool, default False
+        Truncate predictions toward zero (the reference programs' integer output); in
+        "imagefusion" the data-range test then sees the truncated value, as in ImageFusion.
+    threads : int, optional
+        Threads over bands of rows (default: the CPUs of this process).
+    diagnostics : bool, default False
+        Also return the number of similar pixels.
+
+    Returns
+    -------
+    numpy.ndarray or EstarfmDiagnostics
+        ``(nb, H', W')`` float64 prediction of the interior, NaN where the centre is invalid.
+    """
+    if variant not in VARIANTS:
+        raise InvalidParameterError(f"Unknown variant={variant!r}. Choose one of {list(VARIANTS)!r}.")
+    w = int(half_window)
+    arrays = [_as_bands(a) for a in (f1, c1, f2, c2, c0)]
+    shape = arrays[0].shape
+    if any(a.shape != shape for a in arrays):
+        raise InvalidParameterError(
+            f"The five ESTARFM inputs must have one shape; got {[a.shape for a in arrays]!r}."
+        )
+    nb, ny, nx = shape
+    top, bottom, left, right = _halo_sides(halo)
+    r0, r1, c0i, c1i = top, ny - bottom, left, nx - right
+    if r1 < r0 or c1i < c0i:
+        raise InvalidParameterError(f"halo {halo!r} is larger than the block {shape[1:]!r}.")
+    zhu = variant == "zhu"
+    first = bool(zhu_first_band_only) and zhu
+    valid = validity_mask(tuple(arrays), fill=fill, first_band_only=first)
+    use_fill = fill is not None and not math.isnan(fill)
+    subst = float(fill) if (first and use_fill) else 0.0
+    with np.errstate(invalid="ignore"):
+        F1, C1, F2, C2, C0 = (
+            np.ascontiguousarray(np.where(np.isfinite(a), a, subst), dtype=np.float64)
+            for a in arrays
+        )
+    th = np.ascontiguousarray(np.broadcast_to(np.asarray(thresholds, np.float64), (2, nb)))
+    dtab = distance_table(w, variant)
+    om = 1.0 - spectral_correlation(F1, C1, F2, C2, valid, variant)
+    interior = (r0, r1, c0i, c1i)
+    vf = valid.astype(np.float64)
+    cntv = _window_sums(vf, w, interior)
+    s1w = np.stack([_window_sums(vf * (C0[b] - C1[b]), w, interior) for b in range(nb)])
+    s2w = np.stack([_window_sums(vf * (C0[b] - C2[b]), w, interior) for b in range(nb)])
+    use_ltol = bool(use_local_tol) and not zhu
+    if use_ltol:
+        ltol = np.empty((2, nb, r1 - r0, c1i - c0i))
+        with np.errstate(invalid="ignore"):
+            for k, img in enumerate((F1, F2)):
+                for b in range(nb):
+                    s = _window_sums(vf * img[b], w, interior) / cntv
+                    s2 = _window_sums(vf * img[b] * img[b], w, interior) / cntv
+                    ltol[k, b] = np.sqrt(s2 - s * s) * (2.0 / float(num_class))
+    else:
+        ltol = np.zeros((2, nb, 1, 1))
+    lo, hi = (float(x) for x in data_range)
+    if zhu:
+        chg_thr = float(change_min_fraction) * hi
+    else:
+        chg_thr = hi * float(change_min_fraction) * math.sqrt(2.0)
+    fcrit = f_critical_table(float(p_value), max(1, 2 * (2 * w + 1) ** 2 - 2))
+    out = np.empty((nb, r1 - r0, c1i - c0i), dtype=np.float64)
+    ncand = np.zeros((r1 - r0, c1i - c0i), dtype=np.float64)
+    ch = np.empty((_CH, nb, ny, nx))
+    np.subtract(C0, C1, out=ch[0])
+    np.subtract(C0, C2, out=ch[1])
+    np.subtract(C1, C2, out=ch[2])
+    rq = np.empty((_RQ, nb, ny, nx))
+    np.add(C1, C2, out=rq[0])
+    np.add(F1, F2, out=rq[1])
+    np.add(C1 * C1, C2 * C2, out=rq[2])
+    np.add(C1 * F1, C2 * F2, out=rq[3])
+    np.add(F1 * F1, F2 * F2, out=rq[4])
+    del C0, C1, C2
+    args = (F1, F2, ch, rq, vf, om, dtab, th, ltol, use_ltol, cntv, s1w, s2w, fcrit, w, r0, c0i,
+            c1i, zhu, float(min_candidates), float(eps_distance), float(eps_time), lo, hi,
+            chg_thr, float(v_max), bool(use_quality_weighted_regression), bool(truncate), out,
+            ncand)
+    nrows = r1 - r0
+    nthreads = _resolve_threads(threads)
+    if nrows > 0 and out.shape[2] > 0:
+        if nthreads <= 1 or nrows < 2:
+            _rows(0, nrows, *args)
+        else:
+            nband = min(nrows, 4 * nthreads)
+            cuts = np.linspace(0, nrows, nband + 1).astype(np.int64)
+            with ThreadPoolExecutor(nthreads) as pool:
+                jobs = [pool.submit(_rows, int(a), int(b), *args)
+                        for a, b in itertools.pairwise(cuts)]
+                for job in jobs:
+                    job.result()
+    if diagnostics:
+        return EstarfmDiagnostics(out, ncand.astype(np.int32))
+    return out
+
+
+def estarfm_blockwise(
+    f1: np.ndarray,
+    c1: np.ndarray,
+    f2: np.ndarray,
+    c2: np.ndarray,
+    c0: np.ndarray,
+    /,
+    *,
+    block: int,
+    num_class: float = 4.0,
+    threshold_std: str = "sample",
+    diagnostics: bool = False,
+    **kwargs: Any,
+) -> np.ndarray | EstarfmDiagnostics:
+    """Zhu's block-wise processing: every ``block`` x ``block`` tile, anchored at the array's
+    origin, is predicted on its own, with its own thresholds and windows that stop at its
+    edges (no halo). The array's origin must be a multiple of ``block`` in the image."""
+    arrays = [_as_bands(a) for a in (f1, c1, f2, c2, c0)]
+    nb, ny, nx = arrays[0].shape
+    out = np.empty((nb, ny, nx), dtype=np.float64)
+    cnt = np.zeros((ny, nx), dtype=np.int32)
+    first = bool(kwargs.get("zhu_first_band_only", False))
+    for y0 in range(0, ny, block):
+        for x0 in range(0, nx, block):
+            sl = (slice(None), slice(y0, y0 + block), slice(x0, x0 + block))
+            parts = [a[sl] for a in arrays]
+            th = thresholds_numpy(*parts, variant="zhu", fill=kwargs.get("fill"),
+                                  num_class=num_class, threshold_std=threshold_std,
+                                  first_band_only=first)
+            res = estarfm_block(*parts, thresholds=th, halo=0, variant="zhu",
+                                num_class=num_class, diagnostics=True, **kwargs)
+            assert isinstance(res, EstarfmDiagnostics)
+            out[sl] = res.prediction
+            cnt[sl[1:]] = res.n_candidates
+    if diagnostics:
+        return EstarfmDiagnostics(out, cnt)
+    return out
