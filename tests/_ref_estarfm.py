@@ -148,9 +148,17 @@ def estarfm_ref(
     data_range=(0.0, 10000.0), fill=-9999.0, change_min_fraction=0.02, p_value=0.05,
     v_max=5.0, min_candidates=6, eps_distance=1e-7, eps_time=1e-10, threshold_std="sample",
     zhu_first_band_only=False, use_local_tol=False, use_quality_weighted_regression=False,
-    truncate=False, thresholds_=None,
+    truncate=False, thresholds_=None, events=None,
 ):  # fmt: skip
-    """Predict every pixel; returns ``(prediction (nb, H, W) float64, n_candidates (H, W))``."""
+    """Predict every pixel; returns ``(prediction (nb, H, W) float64, n_candidates (H, W))``.
+
+    ``events``, a dict, counts the branches taken (for tests that must exercise them all).
+    """
+    events = {} if events is None else events
+
+    def note(name):
+        events[name] = events.get(name, 0) + 1
+
     arrs = [np.asarray(a, dtype=np.float64) for a in (f1, c1, f2, c2, c0)]
     arrs = [a if a.ndim == 3 else a[None] for a in arrs]
     first = zhu_first_band_only and variant == "zhu"
@@ -228,6 +236,7 @@ def estarfm_ref(
                     a2 = 1.0 / (abs(s2) + eps_time)
                     t1, t2 = a1 / (a1 + a2), a2 / (a1 + a2)
                 if n < min_candidates:
+                    note("few_candidates")
                     if variant == "zhu":
                         p = t1 * (f1[b, i, j] + m1) + t2 * (f2[b, i, j] + m2)
                         pred[b, i, j] = np.trunc(p) if truncate else p
@@ -242,6 +251,9 @@ def estarfm_ref(
                     v = 1.0
                     if change >= change_min_fraction * hi:
                         v = conversion_zhu(xs, ys, p_value=p_value, v_max=v_max)
+                        note("v_accepted" if v != 1.0 else "v_rejected")
+                    else:
+                        note("regression_skipped")
                 else:
                     mean = math.fsum(xs) / len(xs)
                     sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
@@ -251,6 +263,9 @@ def estarfm_ref(
                             xs, ys, p_value=p_value, v_max=v_max,
                             quality=use_quality_weighted_regression,
                         )  # fmt: skip
+                        note("v_accepted" if v != 1.0 else "v_rejected")
+                    else:
+                        note("regression_skipped")
                 ch1 = sum(wt * (c0[b, r, c] - c1[b, r, c]) for wt, (r, c) in zip(weights, cands, strict=True))
                 ch2 = sum(wt * (c0[b, r, c] - c2[b, r, c]) for wt, (r, c) in zip(weights, cands, strict=True))
                 p = t1 * (f1[b, i, j] + v * ch1 / sw) + t2 * (f2[b, i, j] + v * ch2 / sw)
@@ -258,6 +273,7 @@ def estarfm_ref(
                     p = np.trunc(p)
                 out_of_range = (p <= lo or p >= hi) if variant == "zhu" else (p < lo or p > hi)
                 if out_of_range:
+                    note("fallback")
                     m1f = sum(wt * f1[b, r, c] for wt, (r, c) in zip(weights, cands, strict=True)) / sw
                     m2f = sum(wt * f2[b, r, c] for wt, (r, c) in zip(weights, cands, strict=True)) / sw
                     p = t1 * m1f + t2 * m2f

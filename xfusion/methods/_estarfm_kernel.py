@@ -972,6 +972,7 @@ def estarfm_blockwise(
     block: int,
     num_class: float = 4.0,
     threshold_std: str = "sample",
+    fill: float | None = -9999.0,
     diagnostics: bool = False,
     **kwargs: Any,
 ) -> np.ndarray | EstarfmDiagnostics:
@@ -987,10 +988,10 @@ def estarfm_blockwise(
         for x0 in range(0, nx, block):
             sl = (slice(None), slice(y0, y0 + block), slice(x0, x0 + block))
             parts = [a[sl] for a in arrays]
-            th = thresholds_numpy(*parts, variant="zhu", fill=kwargs.get("fill"),
+            th = thresholds_numpy(*parts, variant="zhu", fill=fill,
                                   num_class=num_class, threshold_std=threshold_std,
                                   first_band_only=first)
-            res = estarfm_block(*parts, thresholds=th, halo=0, variant="zhu",
+            res = estarfm_block(*parts, thresholds=th, halo=0, variant="zhu", fill=fill,
                                 num_class=num_class, diagnostics=True, **kwargs)
             assert isinstance(res, EstarfmDiagnostics)
             out[sl] = res.prediction
