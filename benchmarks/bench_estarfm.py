@@ -45,7 +45,8 @@ RSS_LIMIT_GB = 2.0
 
 def _load() -> str:
     try:
-        return open("/proc/loadavg").read().split()[0]
+        with open("/proc/loadavg") as f:
+            return f.read().split()[0]
     except OSError:  # pragma: no cover - not Linux
         return "n/a"
 
@@ -53,10 +54,9 @@ def _load() -> str:
 def _machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                       cpu)  # fmt: skip
     except OSError:  # pragma: no cover
         pass
     return {"cpu": cpu, "cpus": os.cpu_count(), "load1_at_start": _load()}
@@ -75,64 +75,63 @@ def _synthetic(size: int, nb: int, seed: int = 0) -> list[np.ndarray]:
     sc = synthetic_scene((size, size), kind="reflectance", bands=bands, times=3,
                          fine_times=[0, 2], cloud_fraction=0.0, coarse_cloud_fraction=0.0,
                          coarse_factor=16, seed=seed)  # fmt: skip
-    get = lambda role, t: np.stack([sc[f"{role}_{b}"].values[t] * 1e4 for b in bands])  # noqa: E731
+    get = lambda role, t: np.stack([sc[f"{role}_{b}"].values[t] * 1e4 for b in bands])
     return [get("fine", 0).astype(np.float32), get("coarse", 0).astype(np.float32),
             get("fine", 2).astype(np.float32), get("coarse", 2).astype(np.float32),
             get("coarse", 1).astype(np.float32)]  # fmt: skip
 
 
-def speed(repeats: int = 3, threads: int = 2, cases: Any = ((1200, 1), (600, 6))) -> list[dict]:
+def _speed_case(size: int, nb: int, repeats: int, threads: int) -> dict[str, Any]:
     from xfusion.methods._estarfm_kernel import estarfm_block, thresholds_numpy
     from xfusion.methods._starfm_kernel import similarity_threshold, starfm_block
 
-    rows = []
-    for size, nb in cases:
-        f1, c1, f2, c2, c0 = arrs = _synthetic(size, nb)
-        th = {v: thresholds_numpy(*arrs, variant=v, fill=-9999.0, num_class=4.0,
-                                  threshold_std="sample" if v == "zhu" else "population")
-              for v in ("zhu", "imagefusion")}  # fmt: skip
-        sth = [[similarity_threshold(f1[b]), similarity_threshold(f2[b])] for b in range(nb)]
+    f1, c1, f2, c2, c0 = arrs = _synthetic(size, nb)
+    th = {v: thresholds_numpy(*arrs, variant=v, fill=-9999.0, num_class=4.0,
+                              threshold_std="sample" if v == "zhu" else "population")
+          for v in ("zhu", "imagefusion")}  # fmt: skip
+    sth = [[similarity_threshold(f1[b]), similarity_threshold(f2[b])] for b in range(nb)]
 
-        def est(variant: str) -> Any:
-            return lambda: estarfm_block(*arrs, thresholds=th[variant], variant=variant,
-                                         truncate=True, threads=threads)  # fmt: skip
+    def est(variant: str) -> Any:
+        return lambda: estarfm_block(*arrs, thresholds=th[variant], variant=variant,
+                                     truncate=True, threads=threads)  # fmt: skip
 
-        def sf(npairs: int) -> Any:
-            def run() -> None:
-                for b in range(nb):
-                    if npairs == 2:
-                        starfm_block(np.stack([f1[b], f2[b]]), np.stack([c1[b], c2[b]]), c0[b],
-                                     window=50, thresholds=sth[b], threads=threads)  # fmt: skip
-                    else:
-                        starfm_block(f1[b], c1[b], c0[b], window=50, thresholds=sth[b][0],
-                                     threads=threads)  # fmt: skip
-            return run
+    def sf(npairs: int) -> Any:
+        def run() -> None:
+            for b in range(nb):
+                if npairs == 2:
+                    starfm_block(np.stack([f1[b], f2[b]]), np.stack([c1[b], c2[b]]), c0[b],
+                                 window=50, thresholds=sth[b], threads=threads)  # fmt: skip
+                else:
+                    starfm_block(f1[b], c1[b], c0[b], window=50, thresholds=sth[b][0],
+                                 threads=threads)  # fmt: skip
+        return run
 
-        fns = {"estarfm_zhu": est("zhu"), "estarfm_imagefusion": est("imagefusion"),
-               "starfm_2pairs": sf(2), "starfm_1pair": sf(1)}  # fmt: skip
-        for fn in fns.values():  # warm-up: numba compile / cache load
+    fns = {"estarfm_zhu": est("zhu"), "estarfm_imagefusion": est("imagefusion"),
+           "starfm_2pairs": sf(2), "starfm_1pair": sf(1)}  # fmt: skip
+    for fn in fns.values():  # warm-up: numba compile / cache load
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    load = _load()
+    for _ in range(repeats):  # interleaved, so that load changes hit every case alike
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
             fn()
-        times: dict[str, list[float]] = {k: [] for k in fns}
-        load = _load()
-        for _ in range(repeats):  # interleaved, so that load changes hit every case alike
-            for k, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t0)
-        best = {k: min(v) for k, v in times.items()}
-        px = size * size
-        row = {"benchmark": "estarfm_kernel_speed", "size": size, "bands": nb, "threads": threads,
-               "window_estarfm": 51, "window_starfm": 50, "load1": load}  # fmt: skip
-        for k, t in best.items():
-            row[f"{k}_s"] = t
-            row[f"{k}_px_s"] = px / t
-        row["ratio_zhu_vs_starfm_2pairs"] = best["estarfm_zhu"] / best["starfm_2pairs"]
-        row["ratio_imagefusion_vs_starfm_2pairs"] = (
-            best["estarfm_imagefusion"] / best["starfm_2pairs"]
-        )
-        row["ratio_zhu_vs_starfm_1pair"] = best["estarfm_zhu"] / best["starfm_1pair"]
-        rows.append(row)
-    return rows
+            times[k].append(time.perf_counter() - t0)
+    best = {k: min(v) for k, v in times.items()}
+    px = size * size
+    row = {"benchmark": "estarfm_kernel_speed", "size": size, "bands": nb, "threads": threads,
+           "window_estarfm": 51, "window_starfm": 50, "load1": load}  # fmt: skip
+    for k, t in best.items():
+        row[f"{k}_s"] = t
+        row[f"{k}_px_s"] = px / t
+    row["ratio_zhu_vs_starfm_2pairs"] = best["estarfm_zhu"] / best["starfm_2pairs"]
+    row["ratio_imagefusion_vs_starfm_2pairs"] = best["estarfm_imagefusion"] / best["starfm_2pairs"]
+    row["ratio_zhu_vs_starfm_1pair"] = best["estarfm_zhu"] / best["starfm_1pair"]
+    return row
+
+
+def speed(repeats: int = 3, threads: int = 2, cases: Any = ((1200, 1), (600, 6))) -> list[dict]:
+    return [_speed_case(size, nb, repeats, threads) for size, nb in cases]
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,8 +257,10 @@ def _reference_speed(paths: list[str], threads: int) -> dict[str, Any]:
         row[f"xfusion_{threads}t_s"] = ours(threads)
     tsv = os.path.join(REFS, "out", "timings.tsv")
     if os.path.exists(tsv):
-        for line in open(tsv):
-            parts = line.rstrip("\n").split("\t")
+        with open(tsv) as f:
+            lines = f.read().splitlines()
+        for line in lines:
+            parts = line.split("\t")
             if parts[0] == "estarfm_zhu_syn600":
                 row["zhu_python_twin_s_quoted"] = float(parts[1])
                 row["zhu_python_twin_note"] = (f"timings.tsv of /work/refs (load {parts[5]}), "
