@@ -421,7 +421,7 @@ _CH, _RQ = 3, 5
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _sweep_mask(i, r, dj, ja, jb, c0i, f1, f2, validf, t1r, t2r, local, strict, m):
+def _sweep_mask(i, r, dj, ja, jb, c0i, f1, f2, validf, t1r, t2r, local, strict, m, zero):
     # m[t] = 1.0 when pixel (r, ja + t + dj) is a similar, valid candidate of centre (i, ja + t)
     nb = f1.shape[0]
     ln = jb - ja
@@ -440,27 +440,27 @@ def _sweep_mask(i, r, dj, ja, jb, c0i, f1, f2, validf, t1r, t2r, local, strict, 
             if strict:
                 for t in range(ln):
                     ok = (abs(fk1[t] - fc1[t]) < a1[t]) & (abs(fk2[t] - fc2[t]) < a2[t])
-                    m[t] = m[t] if ok else 0.0
+                    m[t] = m[t] if ok else zero
             else:
                 for t in range(ln):
                     bad = (abs(fk1[t] - fc1[t]) > a1[t]) | (abs(fk2[t] - fc2[t]) > a2[t])
-                    m[t] = 0.0 if bad else m[t]
+                    m[t] = zero if bad else m[t]
         else:
             s1 = t1r[b, 0]
             s2 = t2r[b, 0]
             if strict:
                 for t in range(ln):
                     ok = (abs(fk1[t] - fc1[t]) < s1) & (abs(fk2[t] - fc2[t]) < s2)
-                    m[t] = m[t] if ok else 0.0
+                    m[t] = m[t] if ok else zero
             else:
                 for t in range(ln):
                     bad = (abs(fk1[t] - fc1[t]) > s1) | (abs(fk2[t] - fc2[t]) > s2)
-                    m[t] = 0.0 if bad else m[t]
+                    m[t] = zero if bad else m[t]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _sweep_row(i, f1, f2, ch, rq, validf, om, dtab, t1r, t2r, local, w, c0i, c1i, strict, eps_d,
-               first, need, acc_n, acc_w, acc, reg, m, wv):
+               zero, first, need, acc_n, acc_w, acc, reg, m, wv):
     # the windows of row i, offset by offset. first: candidate count, weight sum and per band
     # the weighted sums of C0 - C1, C0 - C2 and the sum of C1 - C2 (acc[0..2]); need[b]: the
     # regression sums of band b (reg[b, 0..4]).
@@ -470,9 +470,9 @@ def _sweep_row(i, f1, f2, ch, rq, validf, om, dtab, t1r, t2r, local, w, c0i, c1i
     for b in range(nb):
         anyreg |= need[b]
     if first:
-        acc_n[:] = 0.0
-        acc_w[:] = 0.0
-        acc[:] = 0.0
+        acc_n[:] = zero
+        acc_w[:] = zero
+        acc[:] = zero
     for b in range(nb):
         if need[b]:
             reg[b] = 0.0
@@ -508,7 +508,7 @@ def _sweep_row(i, f1, f2, ch, rq, validf, om, dtab, t1r, t2r, local, w, c0i, c1i
                 if strict:
                     for t in range(ln):
                         ok = (abs(fk1[t] - fc1[t]) < g1) & (abs(fk2[t] - fc2[t]) < g2)
-                        mt = vv[t] if ok else 0.0
+                        mt = vv[t] if ok else zero
                         v = mt / (omk[t] * d + eps_d)
                         m[t] = mt
                         an[t] += mt
@@ -519,7 +519,7 @@ def _sweep_row(i, f1, f2, ch, rq, validf, om, dtab, t1r, t2r, local, w, c0i, c1i
                 else:
                     for t in range(ln):
                         bad = (abs(fk1[t] - fc1[t]) > g1) | (abs(fk2[t] - fc2[t]) > g2)
-                        mt = 0.0 if bad else vv[t]
+                        mt = zero if bad else vv[t]
                         v = mt / (omk[t] * d + eps_d)
                         m[t] = mt
                         an[t] += mt
@@ -528,7 +528,7 @@ def _sweep_row(i, f1, f2, ch, rq, validf, om, dtab, t1r, t2r, local, w, c0i, c1i
                         s2[t] += v * k2[t]
                         sd[t] += mt * kd[t]
             else:
-                _sweep_mask(i, r, dj, ja, jb, c0i, f1, f2, validf, t1r, t2r, local, strict, m)
+                _sweep_mask(i, r, dj, ja, jb, c0i, f1, f2, validf, t1r, t2r, local, strict, m, zero)
             if first and not fast1:
                 d = dtab[r - i + w, dj + w]
                 omk = om[r, ka : ka + ln]
@@ -641,14 +641,16 @@ def _rows(ia, ib, f1, f2, ch, rq, validf, om, dtab, th, ltol, local, cntv, s1w, 
     nb = f1.shape[0]
     nc = c1i - c0i
     strict = zhu
-    acc_n = np.empty(nc)
-    acc_w = np.empty(nc)
-    acc = np.empty((_CH, nb, nc))
+    wt = f1.dtype  # working dtype of the first pass (the regression sums are float64)
+    zero = f1[0, 0, 0] - f1[0, 0, 0]  # +0 in the working dtype (inputs are finite)
+    acc_n = np.empty(nc, wt)
+    acc_w = np.empty(nc, wt)
+    acc = np.empty((_CH, nb, nc), wt)
     reg = np.empty((nb, _RQ, nc))
-    t1r = np.empty((nb, nc if local else 1))
-    t2r = np.empty((nb, nc if local else 1))
-    m = np.empty(nc)
-    wv = np.empty(nc)
+    t1r = np.empty((nb, nc if local else 1), wt)
+    t2r = np.empty((nb, nc if local else 1), wt)
+    m = np.empty(nc, wt)
+    wv = np.empty(nc, wt)
     cs = np.empty(_RQ)
     have = np.zeros(nb, np.bool_)
     need = np.zeros(nb, np.bool_)
@@ -669,7 +671,7 @@ def _rows(ia, ib, f1, f2, ch, rq, validf, om, dtab, th, ltol, local, cntv, s1w, 
         for b in range(nb):
             have[b] = merge[b]
         _sweep_row(i, f1, f2, ch, rq, validf, om, dtab, t1r, t2r, local, w, c0i, c1i, strict, eps_d,
-                   True, have, acc_n, acc_w, acc, reg, m, wv)
+                   zero, True, have, acc_n, acc_w, acc, reg, m, wv)
         # the centres that need the regression sums: zhu, enough coarse change between the
         # pairs; imagefusion, all (computed in the first pass above)
         fresh = False
@@ -691,7 +693,7 @@ def _rows(ia, ib, f1, f2, ch, rq, validf, om, dtab, th, ltol, local, cntv, s1w, 
                 merge[b] = often
         if fresh:
             _sweep_row(i, f1, f2, ch, rq, validf, om, dtab, t1r, t2r, local, w, c0i, c1i, strict,
-                       eps_d, False, need, acc_n, acc_w, acc, reg, m, wv)
+                       eps_d, zero, False, need, acc_n, acc_w, acc, reg, m, wv)
             for b in range(nb):
                 have[b] |= need[b]
         for jj in range(nc):
@@ -813,6 +815,15 @@ def _halo_sides(halo: int | tuple[int, int, int, int]) -> tuple[int, int, int, i
     return int(h[0]), int(h[1]), int(h[2]), int(h[3])
 
 
+def _round_thresholds(th: np.ndarray, wt: np.dtype, *, strict: bool) -> np.ndarray:
+    """Thresholds in ``wt`` that give, on values of ``wt``, the same tests as in float64:
+    ``x < th`` keeps its meaning with ``th`` rounded up, ``x <= th`` with ``th`` rounded down."""
+    low = th.astype(wt)
+    toward = np.inf if strict else -np.inf
+    off = (low < th) if strict else (low > th)
+    return np.ascontiguousarray(np.where(off, np.nextafter(low, wt.type(toward)), low), dtype=wt)
+
+
 def estarfm_block(
     f1: np.ndarray,
     c1: np.ndarray,
@@ -838,6 +849,7 @@ def estarfm_block(
     use_local_tol: bool = False,
     use_quality_weighted_regression: bool = False,
     truncate: bool = False,
+    dtype: str | np.dtype = "float64",
     threads: int | None = None,
     diagnostics: bool = False,
 ) -> np.ndarray | EstarfmDiagnostics:
@@ -867,6 +879,12 @@ eps_distance, eps_time, zhu_first_band_only, use_local_tol, use_quality_weighted
     truncate : bool, default False
         Truncate predictions toward zero (the reference programs' integer output); in
         "imagefusion" the data-range test then sees the truncated value, as in ImageFusion.
+    dtype : {"float64", "float32"}, default "float64"
+        Working dtype of the first pass over each window (similarity tests, weights, weighted
+        coarse changes). "float32" is faster and keeps the thresholds' meaning on float32 data
+        (they are rounded up for strict, down for inclusive tests), but its sums carry about
+        1e-6 relative error; the regression sums, the temporal weights and the prediction are
+        float64 either way.
     threads : int, optional
         Threads over bands of rows (default: the CPUs of this process).
     diagnostics : bool, default False
@@ -879,6 +897,9 @@ eps_distance, eps_time, zhu_first_band_only, use_local_tol, use_quality_weighted
     """
     if variant not in VARIANTS:
         raise InvalidParameterError(f"Unknown variant={variant!r}. Choose one of {list(VARIANTS)!r}.")
+    wt = np.dtype(dtype)
+    if wt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise InvalidParameterError(f"dtype must be 'float64' or 'float32'; got {dtype!r}.")
     w = int(half_window)
     arrays = [_as_bands(a) for a in (f1, c1, f2, c2, c0)]
     shape = arrays[0].shape
@@ -939,8 +960,12 @@ eps_distance, eps_time, zhu_first_band_only, use_local_tol, use_quality_weighted
     np.add(C1 * F1, C2 * F2, out=rq[3])
     np.add(F1 * F1, F2 * F2, out=rq[4])
     del C0, C1, C2
+    if wt != np.float64:
+        F1, F2, ch, vf, om, dtab, ltol = (np.ascontiguousarray(a, dtype=wt)
+                                          for a in (F1, F2, ch, vf, om, dtab, ltol))
+        th = _round_thresholds(th, wt, strict=zhu)
     args = (F1, F2, ch, rq, vf, om, dtab, th, ltol, use_ltol, cntv, s1w, s2w, fcrit, w, r0, c0i,
-            c1i, zhu, float(min_candidates), float(eps_distance), float(eps_time), lo, hi,
+            c1i, zhu, float(min_candidates), wt.type(eps_distance), float(eps_time), lo, hi,
             chg_thr, float(v_max), bool(use_quality_weighted_regression), bool(truncate), out,
             ncand)
     nrows = r1 - r0
