@@ -91,9 +91,9 @@ def _speed_case(size: int, nb: int, repeats: int, threads: int) -> dict[str, Any
           for v in ("zhu", "imagefusion")}  # fmt: skip
     sth = [[similarity_threshold(f1[b]), similarity_threshold(f2[b])] for b in range(nb)]
 
-    def est(variant: str) -> Any:
+    def est(variant: str, dtype: str = "float32") -> Any:
         return lambda: estarfm_block(*arrs, thresholds=th[variant], variant=variant,
-                                     truncate=True, threads=threads)  # fmt: skip
+                                     truncate=True, threads=threads, dtype=dtype)  # fmt: skip
 
     def sf(npairs: int) -> Any:
         def run() -> None:
@@ -107,6 +107,7 @@ def _speed_case(size: int, nb: int, repeats: int, threads: int) -> dict[str, Any
         return run
 
     fns = {"estarfm_zhu": est("zhu"), "estarfm_imagefusion": est("imagefusion"),
+           "estarfm_zhu_float64": est("zhu", "float64"),
            "starfm_2pairs": sf(2), "starfm_1pair": sf(1)}  # fmt: skip
     for fn in fns.values():  # warm-up: numba compile / cache load
         fn()
@@ -126,6 +127,7 @@ def _speed_case(size: int, nb: int, repeats: int, threads: int) -> dict[str, Any
         row[f"{k}_px_s"] = px / t
     row["ratio_zhu_vs_starfm_2pairs"] = best["estarfm_zhu"] / best["starfm_2pairs"]
     row["ratio_imagefusion_vs_starfm_2pairs"] = best["estarfm_imagefusion"] / best["starfm_2pairs"]
+    row["ratio_zhu_float64_vs_starfm_2pairs"] = best["estarfm_zhu_float64"] / best["starfm_2pairs"]
     row["ratio_zhu_vs_starfm_1pair"] = best["estarfm_zhu"] / best["starfm_1pair"]
     return row
 
@@ -214,9 +216,11 @@ def references(threads: int = 2) -> list[dict]:
         ds = _cube(paths)
         kw["fine"] = [v for v in ds.data_vars if v.startswith("fine")]
         kw["coarse"] = [v for v in ds.data_vars if v.startswith("coarse")]
-        pred = estarfm(ds, **kw, **params)
-        rows.append({"benchmark": "estarfm_parity", "case": label, "reference": ref_name,
-                     **_parity(pred, ref_path, zero_is_gap=zero_gap)})  # fmt: skip
+        for dtype in ("float32", "float64"):
+            pred = estarfm(ds, **kw, **params, dtype=dtype)
+            rows.append({"benchmark": "estarfm_parity", "case": label, "dtype": dtype,
+                         "reference": ref_name,
+                         **_parity(pred, ref_path, zero_is_gap=zero_gap)})  # fmt: skip
     rows.append(_reference_speed(sy, threads))
     return rows
 
@@ -235,7 +239,7 @@ def _reference_speed(paths: list[str], threads: int) -> dict[str, Any]:
     def ours(nthreads: int) -> float:
         t0 = time.perf_counter()
         estarfm_block(*arrs, thresholds=th, variant="imagefusion", change_min_fraction=0.002,
-                      truncate=True, threads=nthreads)  # fmt: skip
+                      truncate=True, threads=nthreads, dtype="float32")  # fmt: skip
         return time.perf_counter() - t0
 
     ours(1)  # compile / cache load

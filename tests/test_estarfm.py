@@ -107,7 +107,7 @@ def test_constant_fields_give_fine_plus_coarse_change(backend, variant):
     coarse[3] = 1210.0
     ds = make_cube(fine, coarse, chunks=(1, 5, 6) if backend == "dask" else None)
     out = estarfm(ds, **names(ds), variant=variant, half_window=4, diagnostics=True,
-                  truncate=False)  # fmt: skip
+                  truncate=False, dtype="float64")  # fmt: skip
     np.testing.assert_allclose(out.fine.values[0], 1820.0, atol=1e-6)
     np.testing.assert_allclose(out.fine.values[1], 1210.0, atol=1e-6)
     # zhu: threshold 0 and a strict test, no candidate; imagefusion: every pixel similar
@@ -154,7 +154,7 @@ def test_identity_pair_with_uniform_coarse_change(rng, backend):
 def test_public_api_equals_the_brute_force(rng, kw):
     ds = make_cube(*layers(rng, 2, 14, 15))
     out = estarfm(ds, **names(ds), targets=TIMES[1], half_window=3, truncate=False,
-                  diagnostics=True, **kw)  # fmt: skip
+                  diagnostics=True, dtype="float64", **kw)  # fmt: skip
     used = json.loads(out.attrs["xfusion_estarfm"])  # the parameters after the preset
     ref_kw = {k: used[k] for k in ("variant", "threshold_std", "change_min_fraction",
                                    "use_local_tol", "num_class", "fill", "min_candidates")}  # fmt: skip
@@ -164,6 +164,21 @@ def test_public_api_equals_the_brute_force(rng, kw):
     np.testing.assert_allclose(pred, ref.astype(np.float32), rtol=1e-6, atol=1e-3)
     valid = ~np.isnan(ref[0])
     np.testing.assert_array_equal(out.fine_0_n_candidates.values[0][valid], cnt[valid])
+
+
+def test_float32_first_pass_is_close_to_float64(cube):
+    kw = {**names(cube), "half_window": 4, "truncate": False}
+    f32 = estarfm(cube, **kw)
+    f64 = estarfm(cube, **kw, dtype="float64")
+    assert json.loads(f32.attrs["xfusion_estarfm"])["dtype"] == "float32"
+    for v in f32.data_vars:
+        np.testing.assert_array_equal(np.isnan(f32[v]), np.isnan(f64[v]))
+        np.testing.assert_allclose(f32[v], f64[v], atol=0.05, rtol=0)
+        assert not np.array_equal(f32[v], f64[v], equal_nan=True)  # not the same code path
+    t32 = estarfm(cube, **{**kw, "truncate": True})
+    t64 = estarfm(cube, **{**kw, "truncate": True}, dtype="float64")
+    diff = np.abs(prediction(t32) - prediction(t64))
+    assert np.nanmax(diff) <= 1 and np.nanmean(diff) < 0.01
 
 
 def test_default_truncates_toward_zero_like_the_reference_programs(cube):
@@ -176,7 +191,8 @@ def test_default_truncates_toward_zero_like_the_reference_programs(cube):
 
 def test_image_smaller_than_the_window(rng):
     ds = make_cube(*layers(rng, 1, 9, 11))
-    out = estarfm(ds, fine="fine", coarse="coarse", targets=TIMES[1], truncate=False)
+    out = estarfm(ds, fine="fine", coarse="coarse", targets=TIMES[1], truncate=False,
+                  dtype="float64")
     ref, _ = estarfm_ref(*ref_inputs(ds, 1, 0, 2), half_window=25)
     np.testing.assert_allclose(out.fine.values[0], ref[0].astype(np.float32), rtol=1e-6)
     assert np.isfinite(out.fine.values).any()
@@ -215,7 +231,7 @@ def test_chunk_invariance_detects_a_too_small_halo(rng, monkeypatch):
 def test_block_mode_matches_zhu_blocks_whatever_the_chunks(rng):
     ds = make_cube(*layers(rng, 2, 27, 22))
     kw = {**names(ds), "targets": TIMES[1], "half_window": 3, "block": 10, "truncate": False,
-          "threshold_std": "population"}  # fmt: skip
+          "threshold_std": "population", "dtype": "float64"}  # fmt: skip
     want = estarfm(ds, **kw)
     ref, _ = estarfm_ref_blocks(*ref_inputs(ds, 1, 0, 2), block=10, half_window=3,
                                 threshold_std="population")  # fmt: skip
@@ -385,6 +401,7 @@ def test_a_fine_image_without_valid_pixels_warns(rng):
     ({"use_local_tol": True}, "variant='imagefusion'"),
     ({"variant": "imagefusion", "block": 500}, "only exists for variant='zhu'"),
     ({"truncate": "yes"}, "truncate must be True or False"),
+    ({"dtype": "float16"}, "Unknown dtype"),
     ({"device": "cuda"}, "runs on the CPU"),
     ({"device": "tpu"}, "Unknown device"),
     ({"diagnostics": 1}, "diagnostics"),
