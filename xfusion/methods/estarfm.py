@@ -545,14 +545,19 @@ def _to_output(pred: np.ndarray, dtype: np.dtype, fill: float | None) -> np.ndar
 
 
 def _moments_block(x: np.ndarray, *, params: EstarfmParams) -> np.ndarray:
-    """``(T, 5, nb, y, x)`` block -> exact moments ``(T, 2, nb, 1, MOMENT_SIZE)``."""
+    """``(T, Q, nb, y, x)`` block -> exact moments ``(T, 2, nb, 1, MOMENT_SIZE)``.
+
+    ``Q = 5`` (F1, C1, F2, C2, C0) or, for "zhu" whose thresholds only see the fine images,
+    ``Q = 2`` (F1, F2).
+    """
     from xfusion.methods._estarfm_kernel import MOMENT_SIZE, threshold_moments
 
-    nt, _, nb = x.shape[:3]
+    nt, q, nb = x.shape[:3]
     out = np.zeros((nt, 2, nb, 1, MOMENT_SIZE), dtype=np.float64)
     for t in range(nt):
+        five = x[t] if q == 5 else (x[t, 0], x[t, 0], x[t, 1], x[t, 1], x[t, 1])
         out[t, :, :, 0] = threshold_moments(
-            *x[t], variant=params.variant, fill=params.fill, data_range=params.data_range,
+            *five, variant=params.variant, fill=params.fill, data_range=params.data_range,
             first_band_only=params.zhu_first_band_only and params.variant == "zhu",
         )
     return out
@@ -1032,7 +1037,30 @@ def estarfm(
         if prm.block is not None:
             x = x.rechunk({3: _block_chunks(x.chunks[3], prm.block),
                            4: _block_chunks(x.chunks[4], prm.block)})
-    thr = _thresholds(x, params=prm, labels=labels, token=token)
+    # the thresholds' inputs: the fine images ("zhu") or all five ("imagefusion", which counts
+    # the pixels valid in all of them). On dask, they come from a CLONE of the input graph:
+    # every prediction waits for the thresholds, so inputs shared with the reduction would all
+    # be held in memory until it ends; cloned, each chunk is freed once its moments are taken
+    # (the inputs are read or generated twice instead).
+    sfine, scoarse = fine_data, coarse_data
+    if lazy:
+        from dask.graph_manipulation import clone
+
+        cloned = clone(*fine_data, *(coarse_data if prm.variant != "zhu" else ()), seed=token)
+        cloned = list(cloned) if isinstance(cloned, tuple) else [cloned]
+        sfine, scoarse = cloned[:nb], cloned[nb:] or coarse_data
+    if prm.variant == "zhu":
+        stats = xp.stack([xp.stack([bands(sfine, b), bands(sfine, a)])
+                          for b, a in zip(before, after, strict=True)])
+    else:
+        stats = xp.stack([
+            xp.stack([bands(sfine, b), bands(scoarse, b), bands(sfine, a), bands(scoarse, a),
+                      bands(scoarse, t)])
+            for t, b, a in zip(tidx, before, after, strict=True)
+        ])
+    if lazy:
+        stats = stats.rechunk({0: 1, 1: -1, 2: -1, 3: x.chunks[3], 4: x.chunks[4]})
+    thr = _thresholds(stats, params=prm, labels=labels, token=token)
 
     kdim = 2 if diagnostics else 1
     stack_dtype = np.result_type(*out_dtypes, *((np.int32,) if diagnostics else ()))
