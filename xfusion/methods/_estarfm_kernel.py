@@ -162,10 +162,11 @@ def _correlation_rows(f1, c1, f2, c2, valid, zhu, out):
                 out[i, j] = 0.0
                 continue
             if zhu and nb == 1:
-                r = 1.0 - 0.5 * (
-                    abs((f1[0, i, j] - c1[0, i, j]) / (f1[0, i, j] + c1[0, i, j]))
-                    + abs((f2[0, i, j] - c2[0, i, j]) / (f2[0, i, j] + c2[0, i, j]))
-                )
+                a1 = np.float64(f1[0, i, j])
+                b1 = np.float64(c1[0, i, j])
+                a2 = np.float64(f2[0, i, j])
+                b2 = np.float64(c2[0, i, j])
+                r = 1.0 - 0.5 * (abs((a1 - b1) / (a1 + b1)) + abs((a2 - b2) / (a2 + b2)))
                 out[i, j] = 0.5 if math.isnan(r) else r
                 continue
             for b in range(nb):
@@ -413,11 +414,12 @@ def _window_sums(q: np.ndarray, w: int, interior: tuple[int, int, int, int]) -> 
 # needed sum is computed per centre instead (_centre_sums), in the same order with the same
 # operations (a non-candidate adds an exact 0), so every path gives the same bits.
 #
-# Per-pixel planes (precomputed per block): ch = (C0 - C1, C0 - C2, C1 - C2) and the
-# regression planes rq = (C1 + C2, F1 + F2, C1^2 + C2^2, C1 F1 + C2 F2, F1^2 + F2^2), whose
-# masked sums give the OLS of the 2n points (x = C1, C2; y = F1, F2) of the candidates.
+# Per-pixel planes (precomputed per block, working dtype): ch = (C0 - C1, C0 - C2, C1 - C2)
+# and rp = (C1, C2). The regression sums over the candidates, in float64, are sums of
+# C1 + C2, F1 + F2, C1^2 + C2^2, C1 F1 + C2 F2 and F1^2 + F2^2 (the OLS of the 2n points
+# x = C1, C2; y = F1, F2), formed from rp and the fine planes as they are read.
 
-_CH, _RQ = 3, 5
+_CH, _RQ = 3, 5  # planes of ch, regression sums
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -459,7 +461,7 @@ def _sweep_mask(i, r, dj, ja, jb, c0i, f1, f2, validf, t1r, t2r, local, strict, 
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _sweep_row(i, f1, f2, ch, rq, validf, om, dtab, t1r, t2r, local, w, c0i, c1i, strict, eps_d,
+def _sweep_row(i, f1, f2, ch, rp, validf, om, dtab, t1r, t2r, local, w, c0i, c1i, strict, eps_d,
                zero, first, need, acc_n, acc_w, acc, reg, m, wv):
     # the windows of row i, offset by offset. first: candidate count, weight sum and per band
     # the weighted sums of C0 - C1, C0 - C2 and the sum of C1 - C2 (acc[0..2]); need[b]: the
@@ -555,15 +557,30 @@ def _sweep_row(i, f1, f2, ch, rq, validf, om, dtab, t1r, t2r, local, w, c0i, c1i
                 for b in range(nb):
                     if not need[b]:
                         continue
-                    for q in range(_RQ):
-                        kq = rq[q, b, r, ka : ka + ln]
-                        sq = reg[b, q, lo:hi]
-                        for t in range(ln):
-                            sq[t] += m[t] * kq[t]
+                    x1k = rp[0, b, r, ka : ka + ln]
+                    x2k = rp[1, b, r, ka : ka + ln]
+                    y1k = f1[b, r, ka : ka + ln]
+                    y2k = f2[b, r, ka : ka + ln]
+                    a0 = reg[b, 0, lo:hi]
+                    a1 = reg[b, 1, lo:hi]
+                    a2 = reg[b, 2, lo:hi]
+                    a3 = reg[b, 3, lo:hi]
+                    a4 = reg[b, 4, lo:hi]
+                    for t in range(ln):
+                        mt = np.float64(m[t])
+                        x1 = np.float64(x1k[t])
+                        x2 = np.float64(x2k[t])
+                        y1 = np.float64(y1k[t])
+                        y2 = np.float64(y2k[t])
+                        a0[t] += mt * (x1 + x2)
+                        a1[t] += mt * (y1 + y2)
+                        a2[t] += mt * (x1 * x1 + x2 * x2)
+                        a3[t] += mt * (x1 * y1 + x2 * y2)
+                        a4[t] += mt * (y1 * y1 + y2 * y2)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _centre_sums(i, j, jj, b, f1, f2, rq, validf, om, dtab, t1r, t2r, local, w, strict, eps_d,
+def _centre_sums(i, j, jj, b, f1, f2, rp, validf, om, dtab, t1r, t2r, local, w, strict, eps_d,
                  fine, out):
     # one centre, one band, in the window order: the regression sums (fine=False, out[0..4],
     # the same as _sweep_row) or the weighted sums of F1 - F1(c), F2 - F2(c) (fine=True)
@@ -590,8 +607,15 @@ def _centre_sums(i, j, jj, b, f1, f2, rq, validf, om, dtab, t1r, t2r, local, w, 
                 out[0] += v * (f1[b, r, k] - f1[b, i, j])
                 out[1] += v * (f2[b, r, k] - f2[b, i, j])
             else:
-                for q in range(_RQ):
-                    out[q] += rq[q, b, r, k]
+                x1 = np.float64(rp[0, b, r, k])
+                x2 = np.float64(rp[1, b, r, k])
+                y1 = np.float64(f1[b, r, k])
+                y2 = np.float64(f2[b, r, k])
+                out[0] += x1 + x2
+                out[1] += y1 + y2
+                out[2] += x1 * x1 + x2 * x2
+                out[3] += x1 * y1 + x2 * y2
+                out[4] += y1 * y1 + y2 * y2
     return out
 
 
@@ -635,7 +659,7 @@ def _conversion(zhu, n2, sx, sy, sxx, sxy, syy, fcrit, v_max, quality):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _rows(ia, ib, f1, f2, ch, rq, validf, om, dtab, th, ltol, local, cntv, s1w, s2w, fcrit, w,
+def _rows(ia, ib, f1, f2, ch, rp, validf, om, dtab, th, ltol, local, cntv, s1w, s2w, fcrit, w,
           r0, c0i, c1i, zhu, min_cand, eps_d, eps_t, lo, hi, chg_thr, v_max, quality, truncate,
           out, ncand):
     nb = f1.shape[0]
@@ -670,7 +694,7 @@ def _rows(ia, ib, f1, f2, ch, rq, validf, om, dtab, th, ltol, local, cntv, s1w, 
                     t2r[b, jj] = ltol[1, b, ii, jj]
         for b in range(nb):
             have[b] = merge[b]
-        _sweep_row(i, f1, f2, ch, rq, validf, om, dtab, t1r, t2r, local, w, c0i, c1i, strict, eps_d,
+        _sweep_row(i, f1, f2, ch, rp, validf, om, dtab, t1r, t2r, local, w, c0i, c1i, strict, eps_d,
                    zero, True, have, acc_n, acc_w, acc, reg, m, wv)
         # the centres that need the regression sums: zhu, enough coarse change between the
         # pairs; imagefusion, all (computed in the first pass above)
@@ -692,7 +716,7 @@ def _rows(ia, ib, f1, f2, ch, rq, validf, om, dtab, th, ltol, local, cntv, s1w, 
             if zhu:
                 merge[b] = often
         if fresh:
-            _sweep_row(i, f1, f2, ch, rq, validf, om, dtab, t1r, t2r, local, w, c0i, c1i, strict,
+            _sweep_row(i, f1, f2, ch, rp, validf, om, dtab, t1r, t2r, local, w, c0i, c1i, strict,
                        eps_d, zero, False, need, acc_n, acc_w, acc, reg, m, wv)
             for b in range(nb):
                 have[b] |= need[b]
@@ -742,7 +766,7 @@ def _rows(ia, ib, f1, f2, ch, rq, validf, om, dtab, th, ltol, local, cntv, s1w, 
                         for q in range(_RQ):
                             cs[q] = reg[b, q, jj]
                     else:
-                        _centre_sums(i, j, jj, b, f1, f2, rq, validf, om, dtab, t1r, t2r,
+                        _centre_sums(i, j, jj, b, f1, f2, rp, validf, om, dtab, t1r, t2r,
                                      local, w, strict, eps_d, False, cs)
                     n2 = 2.0 * n
                     if zhu:
@@ -763,7 +787,7 @@ def _rows(ia, ib, f1, f2, ch, rq, validf, om, dtab, th, ltol, local, cntv, s1w, 
                         p = np.trunc(p)
                     outside = p < lo or p > hi
                 if outside:
-                    _centre_sums(i, j, jj, b, f1, f2, rq, validf, om, dtab, t1r, t2r, local, w,
+                    _centre_sums(i, j, jj, b, f1, f2, rp, validf, om, dtab, t1r, t2r, local, w,
                                  strict, eps_d, True, cs)
                     p = tw1 * (y1c + cs[0] / sw) + tw2 * (y2c + cs[1] / sw)
                 out[b, ii, jj] = np.trunc(p) if truncate else p
@@ -917,30 +941,45 @@ eps_distance, eps_time, zhu_first_band_only, use_local_tol, use_quality_weighted
     valid = validity_mask(tuple(arrays), fill=fill, first_band_only=first)
     use_fill = fill is not None and not math.isnan(fill)
     subst = float(fill) if (first and use_fill) else 0.0
-    with np.errstate(invalid="ignore"):
-        F1, C1, F2, C2, C0 = (
-            np.ascontiguousarray(np.where(np.isfinite(a), a, subst), dtype=np.float64)
-            for a in arrays
-        )
+    # the inputs as they are (no float64 copies: each plane is converted as it is used), gaps
+    # replaced (by the fill value when Zhu's first-band test lets them into the computation)
+    F1, C1, F2, C2, C0 = (a if np.isfinite(a).all() else np.where(np.isfinite(a), a, subst)
+                          for a in arrays)
     th = np.ascontiguousarray(np.broadcast_to(np.asarray(thresholds, np.float64), (2, nb)))
-    dtab = distance_table(w, variant)
-    om = 1.0 - spectral_correlation(F1, C1, F2, C2, valid, variant)
+    dtab = np.ascontiguousarray(distance_table(w, variant), dtype=wt)
+    om = np.empty((ny, nx), dtype=wt)
+    r = spectral_correlation(F1, C1, F2, C2, valid, variant)
+    np.subtract(1.0, r, out=om, casting="same_kind")
+    del r
     interior = (r0, r1, c0i, c1i)
-    vf = valid.astype(np.float64)
-    cntv = _window_sums(vf, w, interior)
-    s1w = np.stack([_window_sums(vf * (C0[b] - C1[b]), w, interior) for b in range(nb)])
-    s2w = np.stack([_window_sums(vf * (C0[b] - C2[b]), w, interior) for b in range(nb)])
+    vf64 = valid.astype(np.float64)
+    cntv = _window_sums(vf64, w, interior)
+    s1w = np.empty((nb, r1 - r0, c1i - c0i))
+    s2w = np.empty((nb, r1 - r0, c1i - c0i))
+    ch = np.empty((_CH, nb, ny, nx), dtype=wt)
+    for b in range(nb):
+        d01 = np.subtract(C0[b], C1[b], dtype=np.float64)
+        s1w[b] = _window_sums(d01 * vf64, w, interior)
+        ch[0, b] = d01
+        d02 = np.subtract(C0[b], C2[b], dtype=np.float64)
+        s2w[b] = _window_sums(d02 * vf64, w, interior)
+        ch[1, b] = d02
+        del d01, d02
+        ch[2, b] = np.subtract(C1[b], C2[b], dtype=np.float64)
     use_ltol = bool(use_local_tol) and not zhu
     if use_ltol:
         ltol = np.empty((2, nb, r1 - r0, c1i - c0i))
         with np.errstate(invalid="ignore"):
             for k, img in enumerate((F1, F2)):
                 for b in range(nb):
-                    s = _window_sums(vf * img[b], w, interior) / cntv
-                    s2 = _window_sums(vf * img[b] * img[b], w, interior) / cntv
-                    ltol[k, b] = np.sqrt(s2 - s * s) * (2.0 / float(num_class))
+                    v = img[b].astype(np.float64)
+                    s1 = _window_sums(vf64 * v, w, interior) / cntv
+                    s2 = _window_sums(vf64 * v * v, w, interior) / cntv
+                    ltol[k, b] = np.sqrt(s2 - s1 * s1) * (2.0 / float(num_class))
+        ltol = ltol.astype(wt)
     else:
-        ltol = np.zeros((2, nb, 1, 1))
+        ltol = np.zeros((2, nb, 1, 1), dtype=wt)
+    del vf64, C0
     lo, hi = (float(x) for x in data_range)
     if zhu:
         chg_thr = float(change_min_fraction) * hi
@@ -948,23 +987,16 @@ eps_distance, eps_time, zhu_first_band_only, use_local_tol, use_quality_weighted
         chg_thr = hi * float(change_min_fraction) * math.sqrt(2.0)
     fcrit = f_critical_table(float(p_value), max(1, 2 * (2 * w + 1) ** 2 - 2))
     out = np.empty((nb, r1 - r0, c1i - c0i), dtype=np.float64)
-    ncand = np.zeros((r1 - r0, c1i - c0i), dtype=np.float64)
-    ch = np.empty((_CH, nb, ny, nx))
-    np.subtract(C0, C1, out=ch[0])
-    np.subtract(C0, C2, out=ch[1])
-    np.subtract(C1, C2, out=ch[2])
-    rq = np.empty((_RQ, nb, ny, nx))
-    np.add(C1, C2, out=rq[0])
-    np.add(F1, F2, out=rq[1])
-    np.add(C1 * C1, C2 * C2, out=rq[2])
-    np.add(C1 * F1, C2 * F2, out=rq[3])
-    np.add(F1 * F1, F2 * F2, out=rq[4])
-    del C0, C1, C2
+    ncand = np.zeros((r1 - r0, c1i - c0i), dtype=np.float32)
+    vf = valid.astype(wt)
+    F1, F2 = (np.ascontiguousarray(a, dtype=wt) for a in (F1, F2))
+    rp = np.empty((2, nb, ny, nx), dtype=wt)
+    rp[0] = C1
+    rp[1] = C2
+    del C1, C2
     if wt != np.float64:
-        F1, F2, ch, vf, om, dtab, ltol = (np.ascontiguousarray(a, dtype=wt)
-                                          for a in (F1, F2, ch, vf, om, dtab, ltol))
         th = _round_thresholds(th, wt, strict=zhu)
-    args = (F1, F2, ch, rq, vf, om, dtab, th, ltol, use_ltol, cntv, s1w, s2w, fcrit, w, r0, c0i,
+    args = (F1, F2, ch, rp, vf, om, dtab, th, ltol, use_ltol, cntv, s1w, s2w, fcrit, w, r0, c0i,
             c1i, zhu, float(min_candidates), wt.type(eps_distance), float(eps_time), lo, hi,
             chg_thr, float(v_max), bool(use_quality_weighted_regression), bool(truncate), out,
             ncand)

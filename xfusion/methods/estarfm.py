@@ -742,6 +742,11 @@ def _pick(out: Any, k: int, b: int, dtype: np.dtype, lazy: bool) -> Any:
     )
 
 
+def _gated(block: np.ndarray, gate: np.ndarray) -> np.ndarray:
+    """``block`` itself; ``gate`` (the thresholds) only orders the graph."""
+    return block
+
+
 def _astype(block: np.ndarray, *, target: str) -> np.ndarray:
     return block.astype(target, copy=False)
 
@@ -1061,6 +1066,14 @@ def estarfm(
     if lazy:
         stats = stats.rechunk({0: 1, 1: -1, 2: -1, 3: x.chunks[3], 4: x.chunks[4]})
     thr = _thresholds(stats, params=prm, labels=labels, token=token)
+    if lazy:
+        # gate the inputs of the predictions on the thresholds: no input chunk is read (and
+        # held) before the global reduction is done, whatever order dask picks
+        import dask.array as da
+
+        gate = thr.sum().reshape((1,) * x.ndim)
+        x = da.map_blocks(_gated, x, gate, dtype=x.dtype, meta=np.empty((0,) * x.ndim, x.dtype),
+                          name=f"xfusion.{NAME}-inputs-{token}")
 
     kdim = 2 if diagnostics else 1
     stack_dtype = np.result_type(*out_dtypes, *((np.int32,) if diagnostics else ()))
