@@ -141,11 +141,33 @@ def speed(repeats: int = 3, threads: int = 2, cases: Any = ((1200, 1), (600, 6))
 
 
 def _cube(paths: list[str]) -> Any:
-    from xfusion.cube import from_geotiffs
+    """Cube of F1, C1 (2001-01-01), C0 (2001-02-01), F2, C2 (2001-03-01) from GeoTIFFs; files
+    without a CRS (Zhu's test data) are put on a dummy 30 m grid."""
+    import rasterio
+
+    from xfusion.cube import from_geotiffs, from_numpy
 
     f1, c1, f2, c2, c0 = paths
-    return from_geotiffs(fine={"2001-01-01": f1, "2001-03-01": f2},
-                         coarse={"2001-01-01": c1, "2001-03-01": c2, "2001-02-01": c0})  # fmt: skip
+    with rasterio.open(f1) as src:
+        has_crs = src.crs is not None
+    if has_crs:
+        return from_geotiffs(fine={"2001-01-01": f1, "2001-03-01": f2},
+                             coarse={"2001-01-01": c1, "2001-03-01": c2, "2001-02-01": c0})  # fmt: skip
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    arr = {n: _read(p)[0] for n, p in zip(("f1", "c1", "f2", "c2", "c0"), paths, strict=True)}
+    nb, ny, nx = arr["f1"].shape
+    nan = np.full((nb, ny, nx), np.nan)
+    data = {}
+    for b in range(nb):
+        data[f"fine_b{b + 1}"] = np.stack([arr["f1"][b], nan[b], arr["f2"][b]]).astype(np.float32)
+        data[f"coarse_b{b + 1}"] = np.stack([arr["c1"][b], arr["c0"][b],
+                                             arr["c2"][b]]).astype(np.float32)  # fmt: skip
+    observed = {k: [True, not k.startswith("fine"), True] for k in data}
+    gbox = GeoBox((ny, nx), Affine(30.0, 0, 500000, 0, -30.0, 4000000), "EPSG:32633")
+    return from_numpy(data, geobox=gbox, times=["2001-01-01", "2001-02-01", "2001-03-01"],
+                      observed=observed)  # fmt: skip  # fmt: skip
 
 
 def _read(path: str) -> tuple[np.ndarray, Any]:
@@ -185,6 +207,9 @@ def references(threads: int = 2) -> list[dict]:
     sy = [os.path.join(s, "fine_t1.tif"), os.path.join(s, "coarse_t1.tif"),
           os.path.join(s, "fine_t2_truth.tif"), os.path.join(s, "coarse_t2.tif"),
           os.path.join(REFS, "data", "synthetic600", "coarse_tmid.tif")]  # fmt: skip
+    e = os.path.join(REFS, "data", "zhu_testdata", "estarfm")
+    zt = [os.path.join(e, f"{n}.tif") for n in
+          ("tm0524", "modis0524", "tm0812", "modis0812", "modis0711")]  # fmt: skip
     kw = {"fine": None, "coarse": None, "targets": "2001-02-01"}
     cases = [
         ("kranj i16, zhu (Python twin: population std, no truncation)", kr,
@@ -206,6 +231,14 @@ def references(threads: int = 2) -> list[dict]:
         ("synthetic600, imagefusion as the R wrapper (classes 64, Int16 range)", sy,
          {"preset": "imagefusion", "num_class": 64.0, "data_range": (-32767, 32767)},
          "estarfm_if_syn600.tif", False),
+        ("Zhu's test data (400 x 400, 3 bands), zhu block=500 (Python twin)", zt,
+         {"threshold_std": "population", "block": 500, "truncate": False},
+         "zhutest_estarfm_zhu.tif", True),
+        ("Zhu's test data, imagefusion preset", zt, {"preset": "imagefusion"},
+         "zhutest_estarfm_if_spec.tif", False),
+        ("Zhu's test data, imagefusion as the R wrapper (classes 64^(1/3), Int16 range)", zt,
+         {"preset": "imagefusion", "num_class": 4.0, "data_range": (-32767, 32767)},
+         "zhutest_estarfm_if.tif", False),
     ]  # fmt: skip
     rows = []
     for label, paths, params, ref_name, zero_gap in cases:

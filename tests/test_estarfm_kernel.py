@@ -255,3 +255,19 @@ def test_bad_inputs_are_clear_errors(rng):
         K.estarfm_block(*arrs, thresholds=[[1.0], [1.0]], halo=(4, 4, 0, 0))
     with pytest.raises(InvalidParameterError, match="threads"):
         K.estarfm_block(*arrs, thresholds=[[1.0], [1.0]], threads=0)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_exact_change_ties_are_decided_from_the_two_means(rng, dtype):
+    """A coarse change of exactly change_min_fraction * DN_max: Zhu compares the difference of
+    the two means (rounded each), not the mean of the differences; so does the kernel."""
+    arrs = [np.round(a) for a in scene(rng, 1, 14, 13, nan=0.0)]
+    arrs[3] = arrs[1] - 200.0  # C2 = C1 - 200 everywhere: a tie for every centre
+    arrs[2] = arrs[0] + 211.0
+    th = K.thresholds_numpy(*arrs, variant="zhu", fill=-9999.0, num_class=4.0,
+                            threshold_std="sample")  # fmt: skip
+    events: dict[str, int] = {}
+    ref, _ = estarfm_ref(*arrs, half_window=3, events=events)
+    got = K.estarfm_block(*arrs, thresholds=th, half_window=3, dtype=dtype)
+    assert events.get("v_accepted", 0) > 0 and events.get("regression_skipped", 0) > 0
+    np.testing.assert_allclose(got, ref, atol=1e-9 if dtype == "float64" else 0.05, rtol=0)

@@ -581,9 +581,10 @@ def _sweep_row(i, f1, f2, ch, rp, validf, om, dtab, t1r, t2r, local, w, c0i, c1i
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _centre_sums(i, j, jj, b, f1, f2, rp, validf, om, dtab, t1r, t2r, local, w, strict, eps_d,
-                 fine, out):
-    # one centre, one band, in the window order: the regression sums (fine=False, out[0..4],
-    # the same as _sweep_row) or the weighted sums of F1 - F1(c), F2 - F2(c) (fine=True)
+                 what, out):
+    # one centre, one band, in the window order, float64: what=0 the regression sums (out[0..4],
+    # the same as _sweep_row), 1 the weighted sums of F1 - F1(c), F2 - F2(c), 2 the sums of
+    # C1 and C2 (out[0..1])
     nb, ny, nx = f1.shape
     out[:] = 0.0
     for r in range(max(0, i - w), min(ny, i + w + 1)):
@@ -602,10 +603,13 @@ def _centre_sums(i, j, jj, b, f1, f2, rp, validf, om, dtab, t1r, t2r, local, w, 
                     ok &= not ((e1 > a1) | (e2 > a2))
             if not ok:
                 continue
-            if fine:
+            if what == 1:
                 v = 1.0 / (om[r, k] * dtab[r - i + w, k - j + w] + eps_d)
                 out[0] += v * (f1[b, r, k] - f1[b, i, j])
                 out[1] += v * (f2[b, r, k] - f2[b, i, j])
+            elif what == 2:
+                out[0] += np.float64(rp[0, b, r, k])
+                out[1] += np.float64(rp[1, b, r, k])
             else:
                 x1 = np.float64(rp[0, b, r, k])
                 x2 = np.float64(rp[1, b, r, k])
@@ -660,8 +664,8 @@ def _conversion(zhu, n2, sx, sy, sxx, sxy, syy, fcrit, v_max, quality):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _rows(ia, ib, f1, f2, ch, rp, validf, om, dtab, th, ltol, local, cntv, s1w, s2w, fcrit, w,
-          r0, c0i, c1i, zhu, min_cand, eps_d, eps_t, lo, hi, chg_thr, v_max, quality, truncate,
-          out, ncand):
+          r0, c0i, c1i, zhu, min_cand, eps_d, eps_t, lo, hi, chg_thr, tie, v_max, quality,
+          truncate, out, ncand):
     nb = f1.shape[0]
     nc = c1i - c0i
     strict = zhu
@@ -704,8 +708,15 @@ def _rows(ia, ib, f1, f2, ch, rp, validf, om, dtab, th, ltol, local, cntv, s1w, 
             for jj in range(nc):
                 n = acc_n[jj]
                 ok = validf[i, c0i + jj] != 0.0 and n >= min_cand
-                if zhu:
-                    ok = ok and abs(acc[2, b, jj]) / n >= chg_thr
+                if zhu and ok:
+                    change = abs(acc[2, b, jj]) / n
+                    if abs(change - chg_thr) <= tie * chg_thr:
+                        # (nearly) a tie: decide as Zhu's programs do, from the two means
+                        # (exact sums in float64 for integer-valued data)
+                        _centre_sums(i, c0i + jj, jj, b, f1, f2, rp, validf, om, dtab, t1r, t2r,
+                                     local, w, strict, eps_d, 2, cs)
+                        change = abs(cs[0] / n - cs[1] / n)
+                    ok = change >= chg_thr
                 needpx[b, jj] = ok
                 nneed += ok
             # zhu: a second sweep for a band needed often in this row, merged into the first
@@ -767,7 +778,7 @@ def _rows(ia, ib, f1, f2, ch, rp, validf, om, dtab, th, ltol, local, cntv, s1w, 
                             cs[q] = reg[b, q, jj]
                     else:
                         _centre_sums(i, j, jj, b, f1, f2, rp, validf, om, dtab, t1r, t2r,
-                                     local, w, strict, eps_d, False, cs)
+                                     local, w, strict, eps_d, 0, cs)
                     n2 = 2.0 * n
                     if zhu:
                         vconv = _conversion(True, n2, cs[0], cs[1], cs[2], cs[3], cs[4], fcrit,
@@ -788,7 +799,7 @@ def _rows(ia, ib, f1, f2, ch, rp, validf, om, dtab, th, ltol, local, cntv, s1w, 
                     outside = p < lo or p > hi
                 if outside:
                     _centre_sums(i, j, jj, b, f1, f2, rp, validf, om, dtab, t1r, t2r, local, w,
-                                 strict, eps_d, True, cs)
+                                 strict, eps_d, 1, cs)
                     p = tw1 * (y1c + cs[0] / sw) + tw2 * (y2c + cs[1] / sw)
                 out[b, ii, jj] = np.trunc(p) if truncate else p
 
@@ -998,8 +1009,8 @@ eps_distance, eps_time, zhu_first_band_only, use_local_tol, use_quality_weighted
         th = _round_thresholds(th, wt, strict=zhu)
     args = (F1, F2, ch, rp, vf, om, dtab, th, ltol, use_ltol, cntv, s1w, s2w, fcrit, w, r0, c0i,
             c1i, zhu, float(min_candidates), wt.type(eps_distance), float(eps_time), lo, hi,
-            chg_thr, float(v_max), bool(use_quality_weighted_regression), bool(truncate), out,
-            ncand)
+            chg_thr, 1e-9 if wt == np.float64 else 2e-3, float(v_max),
+            bool(use_quality_weighted_regression), bool(truncate), out, ncand)
     nrows = r1 - r0
     nthreads = _resolve_threads(threads)
     if nrows > 0 and out.shape[2] > 0:

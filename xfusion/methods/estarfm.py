@@ -245,6 +245,11 @@ PARAMS: tuple[ParamSpec, ...] = (
           "default from the preset", ESTARFM_VARIANTS, default=None),
     _spec("pairs", "str", str, "bracket (default: the nearest pair before and after each "
           "target) or BEFORE,AFTER dates", default=None),
+    _spec("diagnostics", "bool", _parse_bool, "also write <fine>_n_candidates", default=False),
+    _spec("device", "str", str, "auto (default) or cpu: ESTARFM runs on the CPU",
+          ("auto", "cpu"), default="auto"),
+    _spec("coarse_factor", "int|None", _parse_optional_int,
+          "coarse pixel size in fine pixels, to check the window", default=None),
     _spec("half_window", "int", int, "half window w in fine pixels (window 2w+1; zhu: 25)"),
     _spec("num_class", "float", float, "number of classes: threshold std*2/num_class (4)"),
     _spec("data_range", "range", _parse_range, "DN_min,DN_max (zhu: 0,10000)"),
