@@ -431,12 +431,19 @@ def test_presets_variants_and_param_description():
     for f in EstarfmParams.__dataclass_fields__:
         assert f in described, f
     assert described["data_range"].parse("0,10000") == (0.0, 10000.0)
-    assert described["block"].parse("none") is None and described["block"].parse("500") == 500
-    assert described["fill"].parse("None") is None and described["fill"].parse("-9999") == -9999
+    assert described["block"].parse("500") == 500 and described["block"].default == 0
+    assert described["fill"].parse("-9999") == -9999
     assert described["use_local_tol"].parse("true") is True
     assert described["variant"].choices == ("zhu", "imagefusion")
+    assert all(p.help for p in PARAMS)
     with pytest.raises(ValueError):
         described["truncate"].parse("maybe")
+    # the command line's "no blocks" (0) and "no fill value" (nan)
+    assert E._resolve_params("zhu", None, {"block": 0}).block is None
+    assert E._resolve_params("zhu", None, {"fill": float("nan")}).fill is None
+    # the registry's halo rule for continental jobs
+    assert E.job_halo({}, resolution=30.0) == 25
+    assert E.job_halo({"half_window": 12, "block": 500}, resolution=30.0) == 12
     # tokenization: equal parameters, equal token
     from dask.base import tokenize
 
