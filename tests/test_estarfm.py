@@ -380,7 +380,9 @@ def test_a_fine_image_without_valid_pixels_warns(rng):
     fine, coarse = layers(rng, 1, 10, 10)
     fine[2] = np.nan
     ds = make_cube(fine, coarse)
-    with pytest.warns(RuntimeWarning, match="no valid pixel"):
+    from xfusion.errors import EmptyPredictionWarning
+
+    with pytest.warns(EmptyPredictionWarning, match="fine' at 2020-01-17 has no valid pixel"):
         out = estarfm(ds, fine="fine", coarse="coarse", targets=TIMES[1], half_window=2)
     assert np.isnan(out.fine.values).all()
 
@@ -429,7 +431,7 @@ def test_presets_variants_and_param_description():
     # every field of EstarfmParams is described, with a parser for the CLI
     described = {s.name: s for s in PARAMS}
     for f in EstarfmParams.__dataclass_fields__:
-        assert f in described, f
+        assert f in described or f == "auto_unit", f  # auto_unit: the "auto" preset
     assert described["data_range"].parse("0,10000") == (0.0, 10000.0)
     assert described["block"].parse("500") == 500 and described["block"].default == 0
     assert described["fill"].parse("-9999") == -9999
@@ -491,3 +493,42 @@ def test_kranj_beats_the_naive_baselines(shared_data):
     rmse = lambda a: np.sqrt(np.nanmean((a - truth) ** 2, axis=(1, 2)))
     assert np.isfinite(pred).all()
     assert (rmse(pred) < rmse(f1)).sum() >= 4  # better than the fine image of the pair before
+
+
+# ---------------------------------------------------------------------------------------------
+# the default preset finds the data's unit (0..1 reflectance, as odc-stac loads it)
+
+
+@pytest.mark.parametrize("chunks", [None, (1, 9, 7)])
+def test_auto_preset_on_0_1_reflectance_is_the_reflectance_preset(rng, chunks):
+    fine, coarse = layers(rng, 2, 26, 23)
+    ds = make_cube(fine * 1e-4, coarse * 1e-4, chunks=chunks)
+    auto = estarfm(ds, **names(ds), half_window=4)
+    refl = estarfm(ds, **names(ds), half_window=4, preset="reflectance")
+    np.testing.assert_array_equal(prediction(auto), prediction(refl))
+    got = prediction(auto)
+    assert np.isfinite(got).mean() > 0.5 and np.nanmean(got) > 0.1  # not truncated to 0
+    # the same data x1e4: "auto" is Zhu's preset (truncated)
+    big = make_cube(fine, coarse, chunks=chunks)
+    zhu = prediction(estarfm(big, **names(big), half_window=4, preset="zhu"))
+    np.testing.assert_array_equal(prediction(estarfm(big, **names(big), half_window=4)), zhu)
+
+
+def test_auto_preset_is_off_when_the_unit_is_given(rng):
+    fine, coarse = layers(rng, 1, 20, 20)
+    ds = make_cube(fine * 1e-4, coarse * 1e-4)
+    # an explicit truncate keeps the x1e4 settings: 0..1 data truncate to 0
+    out = prediction(estarfm(ds, **names(ds), half_window=4, truncate=True))
+    assert np.nanmax(np.abs(out)) == 0.0
+    assert not E._resolve_params(None, None, {"data_range": (0, 1)}).auto_unit
+    assert E._resolve_params(None, None, {}).auto_unit
+
+
+def test_registry_table_is_the_auto_preset():
+    from xfusion.methods import get
+
+    auto = ESTARFM_PRESETS["auto"]
+    for p in get("estarfm").params:
+        if p.name in EstarfmParams.__dataclass_fields__ and p.name not in ("block", "variant"):
+            assert p.default == getattr(auto, p.name), p.name
+    assert get("estarfm").params == PARAMS

@@ -22,6 +22,7 @@ from xfusion.methods.composite import (
     time_gaps,
 )
 from xfusion.methods.dms import dms
+from xfusion.methods.estarfm import estarfm
 from xfusion.methods.fitfc import fitfc
 from xfusion.methods.gapfill import gapfill
 from xfusion.methods.harmonize import harmonize, train_harmonizer
@@ -53,6 +54,7 @@ __all__ = [
     "composite",
     "dms",
     "errors",
+    "estarfm",
     "fitfc",
     "from_geotiffs",
     "from_numpy",

@@ -18,6 +18,7 @@ from xfusion.cube.validate import validate_cube
 from xfusion.methods.baseline import baseline
 from xfusion.methods.composite import composite
 from xfusion.methods.dms import dms
+from xfusion.methods.estarfm import estarfm
 from xfusion.methods.fitfc import fitfc
 from xfusion.methods.gapfill import gapfill
 from xfusion.methods.harmonize import harmonize
@@ -55,6 +56,7 @@ class FusionDatasetAccessor(_FusionBase):
     baseline = _delegate(baseline)
     gapfill = _delegate(gapfill)
     starfm = _delegate(starfm)
+    estarfm = _delegate(estarfm)
     fitfc = _delegate(fitfc)
     sttfn = _delegate(sttfn)
     super_resolve = _delegate(super_resolve)

@@ -77,6 +77,11 @@ class EstarfmParams:
     truncate: bool
     """Truncate predictions toward zero (the reference programs' integer output). Integer
     outputs are always truncated."""
+    auto_unit: bool = False
+    """Preset "auto": decide the unit per target from the fine images of its pairs. When
+    every valid value lies in [-2, 2] (0..1 reflectance), ``data_range`` is scaled by 1e-4
+    to (0, 1) and predictions are not truncated (integer outputs still are); otherwise the
+    parameters apply as given (reflectance x1e4, Zhu's settings)."""
     dtype: str = "float32"
     """Working dtype of the kernel's first pass over each window (similarity tests, weights,
     weighted coarse changes): ``"float32"`` (about 1.5x faster) or ``"float64"`` (bit-for-bit
@@ -117,10 +122,17 @@ ESTARFM_PRESETS: dict[str, EstarfmParams] = {
     "zhu": _ZHU,
     "imagefusion": replace(_ZHU, variant="imagefusion", **_VARIANT_DEFAULTS["imagefusion"]),
     "reflectance": replace(_ZHU, data_range=(0.0, 1.0), fill=None, truncate=False),
+    "auto": replace(_ZHU, auto_unit=True),
 }
 """Parameter presets by name: ``"zhu"`` and ``"imagefusion"`` for reflectance x1e4 as the
 reference programs use it (integer-like output, truncated), ``"reflectance"`` for 0..1
-reflectance (float output)."""
+reflectance (float output), ``"auto"`` (the default): "zhu" on data in x1e4 units and
+"reflectance" on 0..1 data, decided per target from the fine images (lazily, with the
+global thresholds)."""
+
+#: the range of 0..1 reflectance as the "auto" preset recognises it
+AUTO_REFLECTANCE_MAX = 2.0
+AUTO_SCALE = 1e-4
 
 
 def halo(params: EstarfmParams | Mapping[str, Any] | None = None) -> int:
@@ -148,51 +160,17 @@ def halo(params: EstarfmParams | Mapping[str, Any] | None = None) -> int:
 # the parameter table read by the method registry and the command line
 
 
-def _param(name: str, type_: str, help_: str, choices: tuple[str, ...] | None = None,
-           default: Any = "preset") -> Param:  # fmt: skip
-    value = getattr(_ZHU, name) if default == "preset" else default
-    return Param(name=name, type=type_, default=value, choices=choices, help=help_)
+def _registry_params() -> tuple[Param, ...]:
+    from xfusion.methods.registry import get
+
+    return get("estarfm").params
 
 
-PARAMS: tuple[Param, ...] = (
-    _param("preset", "str", "zhu (default, reflectance x1e4), imagefusion, reflectance (0..1)",
-           tuple(ESTARFM_PRESETS), default="zhu"),
-    _param("variant", "str", "zhu (Zhu's programs) or imagefusion (ImageFusion C++); default "
-           "the preset's", ESTARFM_VARIANTS, default=None),
-    _param("pairs", "str", "bracket (default: the nearest pair before and after each target) "
-           "or BEFORE,AFTER dates", default=None),
-    _param("diagnostics", "bool", "also write <fine>_n_candidates", default=False),
-    _param("device", "str", "auto (default) or cpu: ESTARFM runs on the CPU", ("auto", "cpu"),
-           default="auto"),
-    _param("coarse_factor", "int", "coarse pixel size in fine pixels, to check the window "
-           "(default: the cube's attrs)", default=None),
-    _param("half_window", "int", "half window w in fine pixels (window 2w+1; zhu: 25)"),
-    _param("num_class", "float", "number of classes: threshold std*2/num_class (4)"),
-    _param("data_range", "range", "DN_min,DN_max (zhu: 0,10000)"),
-    _param("fill", "float", "background/fill value (zhu: -9999; nan: none)"),
-    _param("change_min_fraction", "float", "zhu: min coarse change for V, fraction of DN_max "
-           "(0.02); imagefusion: uncertainty factor (0.002)"),
-    _param("p_value", "float", "significance level of the regression F test (0.05)"),
-    _param("v_max", "float", "largest accepted conversion coefficient (5)"),
-    _param("min_candidates", "int", "similar pixels needed for the full prediction (6)"),
-    _param("eps_distance", "float", "added to the combined distance (1e-7)"),
-    _param("eps_time", "float", "added to the temporal distances (1e-10)"),
-    _param("threshold_std", "str", "sample (IDL) or population std for the thresholds",
-           _THRESHOLD_STD),
-    _param("block", "int", "0 (default: none, chunk-invariant) or 500: Zhu's block-wise "
-           "processing", default=0),
-    _param("zhu_first_band_only", "bool", "zhu: test band 0 only for nodata"),
-    _param("use_local_tol", "bool", "imagefusion: window std for the thresholds"),
-    _param("use_quality_weighted_regression", "bool",
-           "imagefusion: V = b q + (1 - q) with q the F-test CDF"),
-    _param("truncate", "bool", "truncate toward zero (zhu and imagefusion presets)"),
-    _param("dtype", "str", "working dtype of the window pass: float32 (default) or float64",
-           ("float32", "float64")),
-)
+PARAMS: tuple[Param, ...] = _registry_params()
 """Every keyword of :func:`xfusion.methods.estarfm.estarfm` as the method registry's
-:class:`~xfusion.methods.registry.Param` (type, default, choices, help), for
-``xfusion fuse estarfm --param KEY=VALUE`` and job YAML. On the command line ``block=0`` means
-no blocks and ``fill=nan`` no fill value."""
+:class:`~xfusion.methods.registry.Param` (type, default, choices, help): the table the CLI
+(``xfusion fuse estarfm --param KEY=VALUE``) and job YAML read. On the command line
+``block=0`` means no blocks and ``fill=nan`` no fill value."""
 
 
 def job_halo(params: Mapping[str, Any], *, resolution: float, weights: str | None = None) -> int:
@@ -202,11 +180,11 @@ def job_halo(params: Mapping[str, Any], *, resolution: float, weights: str | Non
     not aligned with Zhu's 500 x 500 blocks: tiles get the same halo as the default mode.
     """
     keys = {k: v for k, v in params.items() if k in _FIELD_NAMES}
-    p = _resolve_params(params.get("preset", "zhu"), params.get("variant"), keys)
+    p = _resolve_params(params.get("preset", "auto"), params.get("variant"), keys)
     return int(p.half_window)
 
 
-_FIELD_NAMES = tuple(f.name for f in fields(EstarfmParams))
+_FIELD_NAMES = tuple(f.name for f in fields(EstarfmParams) if f.name != "auto_unit")  # preset
 
 
 def _number(name: str, value: Any, *, integer: bool = False, minimum: float | None = None,
@@ -243,9 +221,9 @@ def _resolve_params(
     preset: str | None, variant: str | None, overrides: Mapping[str, Any]
 ) -> EstarfmParams:
     """The preset, switched to ``variant`` and with ``overrides``, validated."""
-    require_choice("zhu" if preset is None else preset, tuple(ESTARFM_PRESETS), name="preset",
+    require_choice("auto" if preset is None else preset, tuple(ESTARFM_PRESETS), name="preset",
                    method=NAME)
-    base = ESTARFM_PRESETS["zhu" if preset is None else preset]
+    base = ESTARFM_PRESETS["auto" if preset is None else preset]
     unknown = sorted(set(overrides) - set(_FIELD_NAMES))
     if unknown:
         raise InvalidParameterError(
@@ -258,6 +236,8 @@ def _resolve_params(
             base = replace(base, variant=variant, **_VARIANT_DEFAULTS[variant])
     params = replace(base, **{k: v for k, v in overrides.items() if v is not None or k in
                               ("fill", "block")})
+    if params.auto_unit and any(overrides.get(k) is not None for k in ("data_range", "truncate")):
+        params = replace(params, auto_unit=False)  # the caller set the unit
     require_choice(params.variant, ESTARFM_VARIANTS, name="variant", method=NAME)
     require_choice(params.threshold_std, _THRESHOLD_STD, name="threshold_std", method=NAME)
     require_choice(params.dtype, ("float32", "float64"), name="dtype", method=NAME)

@@ -309,14 +309,15 @@ def threshold_moments(
 
 
 def threshold_from_moments(
-    moments: np.ndarray, *, num_class: float, threshold_std: str
+    moments: np.ndarray, *, num_class: float, threshold_std: str, drop_fill: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Combine moments ``(2, nb, ..., MOMENT_SIZE)`` (blocks along the middle axes).
 
     Returns ``(thresholds (2, nb), summary (2, nb, 5))``: ``std * 2 / num_class`` with the
     sample (n - 1) or population (n) standard deviation from the exact sums (0 when
     undefined), and per image and band ``[valid pixels, valid pixels inside data_range, min,
-    max, overflow flag]``.
+    max, overflow flag]``. ``drop_fill``: the ``fill`` the moments substituted for invalid
+    pixels ("zhu"), taken out again, so the thresholds are those of ``fill=None``.
     """
     from fractions import Fraction
 
@@ -335,6 +336,13 @@ def threshold_from_moments(
                 continue
             s = sum((Fraction(x) for x in p[:, 6 : 6 + NPART].ravel() if x), Fraction(0))
             ss = sum((Fraction(x) for x in p[:, 6 + NPART :].ravel() if x), Fraction(0))
+            if drop_fill is not None:
+                gaps = n - int(p[:, 1].sum())
+                s -= gaps * Fraction(drop_fill)
+                ss -= gaps * Fraction(drop_fill) ** 2
+                n -= gaps
+                if n - ddof <= 0:
+                    continue
             var = max((ss - s * s / n) / (n - ddof), Fraction(0))
             thr[k, b] = math.sqrt(float(var)) * 2.0 / float(num_class)
     return thr, summary

@@ -38,6 +38,7 @@ from xfusion.cube.roles import (
 from xfusion.cube.validate import TIME, get_nodata, observed_times, require_same_grid
 from xfusion.engine.run import map_blocks_halo
 from xfusion.errors import (
+    EmptyPredictionWarning,
     InvalidParameterError,
     MissingDimensionError,
     NoOverlapError,
@@ -242,9 +243,12 @@ def _combine_moments(
     """
     from xfusion.methods._estarfm_kernel import MOMENT_SIZE, threshold_from_moments
 
+    from xfusion.methods._estarfm_params import AUTO_REFLECTANCE_MAX, AUTO_SCALE
+
     nt, two, nb = parts.shape[:3]
     flat = parts.reshape(nt, two, nb, -1, MOMENT_SIZE)
-    out = np.zeros((nt, two, nb), dtype=np.float64)
+    out = np.zeros((nt, two + 1, nb), dtype=np.float64)
+    out[:, two] = 1.0  # the unit scale of data_range (preset "auto": 1e-4 on 0..1 data)
     lo, hi = params.data_range
     for t in range(nt):
         thr, summary = threshold_from_moments(flat[t], num_class=params.num_class,
@@ -261,9 +265,10 @@ def _combine_moments(
                     )
                 if nvalid == 0:
                     warnings.warn(
-                        f"estarfm(): {label} has no valid pixel, so every prediction from that "
-                        "pair is NaN (or the fill value).",
-                        RuntimeWarning,
+                        EmptyPredictionWarning(
+                            f"estarfm(): {label} has no valid pixel (0 of its pixels), so every "
+                            "prediction from that pair is NaN (or the fill value)."
+                        ),
                         stacklevel=2,
                     )
                 elif ninr == 0:
@@ -274,12 +279,24 @@ def _combine_moments(
                         "reflectance x1e4 or (0, 1) (preset='reflectance') for 0..1 reflectance, "
                         "or rescale the data."
                     )
-        out[t] = thr
+        out[t, :two] = thr
+        if params.auto_unit:
+            valid = summary[..., 0] > 0
+            big = np.maximum(np.abs(summary[..., 2]), np.abs(summary[..., 3]))
+            if valid.any() and float(big[valid].max()) <= AUTO_REFLECTANCE_MAX:
+                out[t, two] = AUTO_SCALE
+                if params.variant == "zhu" and params.fill is not None:
+                    # 0..1 data have no fill value: gaps leave the std (preset "reflectance")
+                    out[t, :two] = threshold_from_moments(
+                        flat[t], num_class=params.num_class,
+                        threshold_std=params.threshold_std, drop_fill=params.fill)[0]
     return out
 
 
 def _thresholds(x: Any, *, params: EstarfmParams, labels: list[list[str]], token: str) -> Any:
-    """Thresholds ``(T, 2, nb, 1, 1)`` of the stacked inputs ``(T, 5, nb, y, x)``.
+    """Thresholds ``(T, 3, nb, 1, 1)`` of the stacked inputs ``(T, 5, nb, y, x)``: the
+    similarity thresholds of the two pairs, then the unit scale of ``data_range`` (1, or 1e-4
+    where the "auto" preset found 0..1 data).
 
     numpy in -> numpy out (computed now); dask in -> a lazy dask array: one exact reduction
     over the chunks (no compute here).
@@ -308,7 +325,7 @@ def _thresholds(x: Any, *, params: EstarfmParams, labels: list[list[str]], token
         parts,
         params=params,
         labels=labels,
-        chunks=(parts.chunks[0], (2,), (nb,), (1,), (1,)),
+        chunks=(parts.chunks[0], (3,), (nb,), (1,), (1,)),
         dtype=np.float64,
         meta=np.empty((0,) * 5, np.float64),
         name=f"xfusion.{NAME}-threshold-{token}",
@@ -321,7 +338,7 @@ def _combine_block(
 ) -> np.ndarray:
     nt, _, nb = parts.shape[:3]
     if block_info is None or None not in block_info:  # meta probing
-        return np.zeros((nt, 2, nb, 1, 1), np.float64)
+        return np.zeros((nt, 3, nb, 1, 1), np.float64)
     t0 = block_info[None]["array-location"][0][0]
     thr = _combine_moments(parts, params=params, labels=labels[t0 : t0 + nt])
     return thr[..., None, None]
@@ -363,7 +380,7 @@ def _estarfm_tasks(
 ) -> np.ndarray:
     """Predict the block interior of every target in the block.
 
-    ``x`` is ``(T, 5, nb, y, x)`` (F1, C1, F2, C2, C0), ``thr`` is ``(T, 2, nb, 1, 1)``; the
+    ``x`` is ``(T, 5, nb, y, x)`` (F1, C1, F2, C2, C0), ``thr`` is ``(T, 3, nb, 1, 1)``; the
     result is ``(T, K, nb, y', x')`` with K = 1 (prediction) or 2 (and the candidate count).
     """
     from xfusion.methods._estarfm_kernel import (
@@ -378,8 +395,13 @@ def _estarfm_tasks(
     out = np.empty((nt, k, nb, ny - top - bottom, nx - left - right), stack_dtype)
     if out.size == 0:
         return out
-    kw = _kernel_kwargs(params, truncate)
+    ints = any(not np.issubdtype(np.dtype(d), np.floating) for d in out_dtypes)
     for t in range(nt):
+        kw = _kernel_kwargs(params, truncate)
+        scale = float(thr[t, 2, 0, 0, 0])
+        if scale != 1.0:  # preset "auto" on 0..1 data: the "reflectance" unit
+            lo, hi = params.data_range
+            kw.update(data_range=(lo * scale, hi * scale), truncate=ints, fill=None)
         arrays = tuple(x[t, q] for q in range(5))
         if params.block is not None:
             res = estarfm_blockwise(
@@ -387,7 +409,7 @@ def _estarfm_tasks(
                 diagnostics=True, threads=threads, **{n: v for n, v in kw.items() if n != "variant"},
             )
         else:
-            res = estarfm_block(*arrays, thresholds=thr[t, :, :, 0, 0], halo=halo_sides,
+            res = estarfm_block(*arrays, thresholds=thr[t, :2, :, 0, 0], halo=halo_sides,
                                 diagnostics=True, threads=threads, **kw)
         assert isinstance(res, EstarfmDiagnostics)
         for b in range(nb):
@@ -470,7 +492,7 @@ def estarfm(
     coarse: str | Sequence[str],
     targets: Any = None,
     pairs: Any = None,
-    preset: Literal["zhu", "imagefusion", "reflectance"] = "zhu",
+    preset: Literal["auto", "zhu", "imagefusion", "reflectance"] = "auto",
     variant: EstarfmVariant | None = None,
     diagnostics: bool = False,
     device: str = "auto",
@@ -506,10 +528,14 @@ def estarfm(
         (``None``/``"bracket"``): the nearest pair strictly before and the nearest strictly
         after each target. A tuple applies to all targets; a list gives one tuple per target;
         a mapping maps target -> tuple. A string ``"T1,T2"`` is read as a tuple (CLI).
-    preset : {"zhu", "imagefusion", "reflectance"}, default "zhu"
+    preset : {"auto", "zhu", "imagefusion", "reflectance"}, default "auto"
         Defaults for the parameters (see Notes): ``"zhu"`` and ``"imagefusion"`` reproduce
         the reference programs on reflectance x1e4; ``"reflectance"`` is "zhu" for 0..1
-        reflectance (range (0, 1), no fill value, float output).
+        reflectance (range (0, 1), float output, not truncated). ``"auto"`` is "zhu", except
+        for targets whose pair fine images lie within [-2, 2] (0..1 reflectance, as odc-stac
+        loads scaled Landsat/Sentinel-2), which get the range (0, 1) and no truncation: the
+        unit is found with the global thresholds, lazily. Passing ``data_range`` or
+        ``truncate`` turns the detection off.
     variant : {"zhu", "imagefusion"}, optional
         The reference program to follow; default: the preset's. Switching the variant also
         switches ``threshold_std`` and ``change_min_fraction`` to that variant's defaults
@@ -745,10 +771,10 @@ def estarfm(
     # (the inputs are read or generated twice instead).
     sfine, scoarse = fine_data, coarse_data
     if lazy:
-        from dask.graph_manipulation import clone
+        from xfusion.engine.graph import independent_copy
 
-        cloned = clone(*fine_data, *(coarse_data if prm.variant != "zhu" else ()), seed=token)
-        cloned = list(cloned) if isinstance(cloned, tuple) else [cloned]
+        cloned = independent_copy(*fine_data, *(coarse_data if prm.variant != "zhu" else ()),
+                                  seed=token)
         sfine, scoarse = cloned[:nb], cloned[nb:] or coarse_data
     if prm.variant == "zhu":
         stats = xp.stack([xp.stack([bands(sfine, b), bands(sfine, a)])
@@ -815,7 +841,8 @@ def estarfm(
     for b, fname in enumerate(roles.fine):
         if out_fills[b] is not None:
             res[fname].attrs["nodata"] = out_fills[b]
-    record = {**asdict(prm), "device": "cpu", "truncate_effective": truncate}
+    record = {**asdict(prm), "device": "cpu",
+              "truncate_effective": "per target (auto unit)" if prm.auto_unit else truncate}
     record["data_range"] = list(prm.data_range)
     res.attrs["xfusion_estarfm"] = json.dumps(record, allow_nan=False)
     return res

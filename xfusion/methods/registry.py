@@ -408,6 +408,61 @@ register(Method(
 ))
 
 register(Method(
+    name="estarfm",
+    kind="fusion",
+    function="xfusion.methods.estarfm:estarfm",
+    help="ESTARFM (Zhu et al. 2010): two pairs, similar pixels weighted by spectral "
+    "correlation and distance, conversion coefficients from a local regression; variants zhu "
+    "(IDL/Python programs) and imagefusion (C++)",
+    pairs="two",
+    halo="xfusion.methods.estarfm:job_halo",
+    params=(
+        _p("preset", choices=("auto", "zhu", "imagefusion", "reflectance"), default="auto",
+           help="auto (default: zhu on x1e4 data, reflectance on 0..1 data), zhu (reflectance "
+           "x1e4, truncated), imagefusion, reflectance (0..1)"),
+        _p("variant", choices=("zhu", "imagefusion"),
+           help="zhu (Zhu's programs) or imagefusion (ImageFusion C++); default the preset's"),
+        _p("pairs", help="bracket (default: the nearest pair before and after each target) or "
+           "BEFORE,AFTER dates"),
+        _p("diagnostics", "bool", "also write <fine>_n_candidates", default=False),
+        _p("device", choices=("auto", "cpu"), default="auto",
+           help="auto (default) or cpu: ESTARFM runs on the CPU"),
+        _p("coarse_factor", "int", "coarse pixel size in fine pixels, to check the window "
+           "(default: the cube's attrs)"),
+        _p("half_window", "int", "half window w in fine pixels (window 2w+1; zhu: 25)",
+           default=25),
+        _p("num_class", "float", "number of classes: threshold std*2/num_class (4)",
+           default=4.0),
+        _p("data_range", "range", "DN_min,DN_max (zhu: 0,10000); turns the auto unit off",
+           default=(0.0, 10000.0)),
+        _p("fill", "float", "background/fill value (zhu: -9999; nan: none)", default=-9999.0),
+        _p("change_min_fraction", "float", "zhu: min coarse change for V, fraction of DN_max "
+           "(0.02); imagefusion: uncertainty factor (0.002)", default=0.02),
+        _p("p_value", "float", "significance level of the regression F test (0.05)",
+           default=0.05),
+        _p("v_max", "float", "largest accepted conversion coefficient (5)", default=5.0),
+        _p("min_candidates", "int", "similar pixels needed for the full prediction (6)",
+           default=6),
+        _p("eps_distance", "float", "added to the combined distance (1e-7)", default=1e-07),
+        _p("eps_time", "float", "added to the temporal distances (1e-10)", default=1e-10),
+        _p("threshold_std", choices=("sample", "population"), default="sample",
+           help="sample (IDL) or population std for the thresholds"),
+        _p("block", "int", "0 (default: none, chunk-invariant) or 500: Zhu's block-wise "
+           "processing", default=0),
+        _p("zhu_first_band_only", "bool", "zhu: test band 0 only for nodata", default=False),
+        _p("use_local_tol", "bool", "imagefusion: window std for the thresholds",
+           default=False),
+        _p("use_quality_weighted_regression", "bool",
+           "imagefusion: V = b q + (1 - q) with q the F-test CDF", default=False),
+        _p("truncate", "bool", "truncate toward zero (zhu, imagefusion); turns the auto unit "
+           "off", default=True),
+        _p("dtype", choices=("float32", "float64"), default="float32",
+           help="working dtype of the window pass: float32 (default) or float64 (bit-for-bit "
+           "the reference programs)"),
+    ),
+))
+
+register(Method(
     name="fitfc",
     kind="fusion",
     function="xfusion.methods.fitfc:fitfc",
