@@ -21,6 +21,7 @@ import xarray as xr
 
 from xfusion.cube.validate import get_geobox, get_nodata, spatial_dims
 from xfusion.engine.bicubic import BICUBIC_HALO
+from xfusion.cube.attrs import output_attrs
 from xfusion.errors import (
     CRSMismatchError,
     GridMismatchError,
@@ -335,6 +336,8 @@ def wrap_fine(data: Any, inp: GuidedInputs, *, name: Hashable, attrs: Mapping[st
         dims = ("time", fy, fx)
         coords.update({cname: c for cname, c in tmpl.coords.items()
                        if c.dims and all(d == "time" for d in c.dims)})
-    out = xr.DataArray(data, dims=dims, coords=coords, name=name, attrs=dict(attrs))
+    out = xr.DataArray(data, dims=dims, coords=coords, name=name,
+                       attrs=output_attrs(attrs, data.dtype, name=name))
+    out.name = name  # xarray would otherwise name an unnamed result after the dask array
     out.encoding["grid_mapping"] = "spatial_ref"
     return out

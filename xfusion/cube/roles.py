@@ -36,6 +36,7 @@ import xarray as xr
 
 from xfusion.cube.build import to_datetime64
 from xfusion.cube.validate import TIME, get_nodata, observed_times, spatial_dims, validate_cube
+from xfusion.cube.attrs import output_attrs
 from xfusion.errors import (
     InvalidParameterError,
     MissingDimensionError,
@@ -583,7 +584,8 @@ def assemble_result(
         coords[TIME] = times[target_idx]
         for cname, pos in (time_coords or {}).items():
             coords[cname] = (TIME, times[np.asarray(pos, dtype=np.intp)])
-        var = xr.DataArray(arr, dims=tmpl.dims, coords=coords, name=name, attrs=dict(tmpl.attrs))
+        var = xr.DataArray(arr, dims=tmpl.dims, coords=coords, name=name,
+                           attrs=output_attrs(tmpl.attrs, arr.dtype, name=name))
         grid_mapping = ds[name].encoding.get("grid_mapping") if name in ds else None
         if grid_mapping is None and "spatial_ref" in var.coords:
             grid_mapping = "spatial_ref"

@@ -271,7 +271,9 @@ def _sr_one(var: xr.DataArray, *, guide: Any, scale: int | None, method: str, we
         attrs["weights"] = os.path.basename(w.path)
     attrs["super_resolve_method"] = method
     attrs["scale"] = inp.grids.scale
-    return wrap_fine(data, inp, name=name if name is not None else var.name, attrs=attrs)
+    if name is None:
+        name = var.name if var.name is not None else method  # an unnamed input: the method
+    return wrap_fine(data, inp, name=name, attrs=attrs)
 
 
 def super_resolve(
