@@ -300,9 +300,15 @@ def test_progress_bar_when_asked(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "xfusion.to_zarr" in err
     assert "xfusion.write_tiled" in err
-    # default: off when stderr is not a terminal (as under pytest)
+    # default when stderr is not a terminal (as under pytest): progress lines, not a bar
     xfusion.io.to_zarr(ds, tmp_path / "q.zarr")
     xfusion.io.write_tiled(ds, tmp_path / "qt.zarr")
+    err = capsys.readouterr().err
+    assert "xfusion.to_zarr: done" in err and "xfusion.write_tiled: done" in err
+    assert "\r" not in err
+    # progress=False silences
+    xfusion.io.to_zarr(ds, tmp_path / "r.zarr", progress=False)
+    xfusion.io.write_tiled(ds, tmp_path / "rt.zarr", progress=False)
     assert capsys.readouterr().err == ""
 
 

@@ -11,6 +11,7 @@ from xfusion import errors
 from xfusion._version import __version__
 from xfusion.apply import apply_model
 from xfusion.cube import combine, from_geotiffs, from_numpy, mark_observed, validate_cube
+from xfusion._progress import set_progress
 from xfusion.jobs import Job, cluster, load_job, run
 from xfusion.methods.baseline import baseline
 from xfusion.methods.composite import (
@@ -69,6 +70,7 @@ __all__ = [
     "run",
     "s1_features",
     "s2_ndvi",
+    "set_progress",
     "starfm",
     "sttfn",
     "super_resolve",

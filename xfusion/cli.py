@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="resampling of coarse files onto the fine grid (default bilinear)",
     )
     fuse.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    fuse.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     fuse.add_argument(
         "--weights",
         metavar="PATH",
@@ -235,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="spatial chunk size of the coarse input in pixels (default 512)",
     )
     sr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    sr.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     sr.set_defaults(handler=_cmd_super_resolve, subparser=sr)
 
     demo = sub.add_parser("demo", help="run the self-contained demo (synthetic data)")
@@ -298,7 +300,7 @@ def _add_run_parser(sub: Any) -> None:
         action="store_true",
         help="delete an existing store and start afresh (default: resume it)",
     )
-    run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     run.set_defaults(handler=_cmd_run, subparser=run)
 
 
@@ -707,6 +709,7 @@ def _add_gapfill_parser(sub: Any) -> None:
         help="resampling of SAR files onto the optical grid (default bilinear)",
     )
     gap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    gap.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     gap.set_defaults(handler=_cmd_gapfill, subparser=gap)
 
 
@@ -810,6 +813,10 @@ def _cmd_gapfill(args: argparse.Namespace) -> int:
 # entry point
 
 
+_QUIET_HELP = ("no progress bar or progress lines (also: XFUSION_PROGRESS=0 in the "
+               "environment)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``xfusion`` command line; return the exit code.
 
@@ -828,6 +835,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # --help, --version and argparse's usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if getattr(args, "quiet", False):
+        from xfusion._progress import set_progress
+
+        set_progress(False)
     try:
         return int(args.handler(args))
     except _UsageError as err:
@@ -846,6 +857,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xfusion: error: {type(err).__name__}{where}: {err.strerror or err}",
               file=sys.stderr)
         return 1
+    finally:
+        if getattr(args, "quiet", False):
+            from xfusion._progress import set_progress
+
+            set_progress(None)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -389,7 +389,9 @@ def write_tiled(
     retries : int
         How many times a failing tile is retried (with a short back-off) before giving up.
     progress : bool, optional
-        Show a tile progress bar; ``None`` (default) shows it only when stderr is a terminal.
+        Report progress per tile: ``None`` (default) follows the session switch
+        (:func:`xfusion.set_progress`, ``XFUSION_PROGRESS=0`` silences); a ``tqdm.auto`` bar in
+        Jupyter and terminals, progress lines elsewhere.
 
     Returns
     -------
@@ -571,7 +573,7 @@ def _run_tiles(
     where: str,
 ) -> int:
     """Compute and write the tiles in ``todo``; return how many were written."""
-    from tqdm.auto import tqdm
+    from xfusion._progress import Progress
 
     data = ds.drop_vars(list(ds.coords))  # coordinates were written with the template
     lock = threading.Lock()
@@ -608,13 +610,8 @@ def _run_tiles(
 
     written = 0
     failure: tuple[tuple[int, int], BaseException] | None = None
-    bar = tqdm(
-        total=n_total,
-        initial=n_done,
-        disable=not progress,
-        unit="tile",
-        desc="xfusion.write_tiled",
-    )
+    bar = Progress(n_total, initial=n_done, progress=progress, unit="tile",
+                   desc="xfusion.write_tiled")
     tiles: Iterator[tuple[int, int]] = iter(todo)
     with (
         bar,

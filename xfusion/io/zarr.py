@@ -132,10 +132,9 @@ def _store_repr(store: StoreLike) -> str:
 
 
 def _show_progress(progress: bool | None) -> bool:
-    if progress is None:
-        stream = sys.stderr
-        return bool(getattr(stream, "isatty", lambda: False)())
-    return bool(progress)
+    from xfusion._progress import enabled
+
+    return enabled(progress)
 
 
 def _is_dask(var: xr.Variable | xr.DataArray) -> bool:
@@ -350,17 +349,21 @@ def _compute(delayed: Any, *, progress: bool, desc: str) -> None:
     if not progress:
         dask.compute(delayed)
         return
+    from xfusion._progress import Progress, dask_progress, interactive
+
     client = _active_client()
     if client is not None:
-        from distributed import progress as dprogress
-
         fut = client.compute(delayed)
-        dprogress(fut)
+        if interactive():
+            from distributed import progress as dprogress
+
+            dprogress(fut)
+        else:
+            with Progress(1, desc=desc, unit="write"):
+                fut.result()
         fut.result()
         return
-    from tqdm.dask import TqdmCallback
-
-    with TqdmCallback(desc=desc):
+    with dask_progress(desc, progress=True):
         dask.compute(delayed)
 
 
@@ -488,9 +491,10 @@ def to_zarr(
     compression_level : int or None
         zstd level (default 3); ``None`` writes uncompressed chunks.
     progress : bool, optional
-        Show a progress bar while computing. ``None`` (default) shows one only when stderr is
-        a terminal. Uses ``tqdm`` on the local schedulers and ``distributed.progress`` when a
-        distributed Client is active.
+        Report progress while computing: ``None`` (default) follows the session switch
+        (:func:`xfusion.set_progress`, ``XFUSION_PROGRESS=0`` silences). A ``tqdm.auto`` bar in
+        Jupyter and terminals (``distributed.progress`` when a Client is active), progress
+        lines elsewhere.
     zarr_format : {3, 2}
         Zarr format; 2 for readers that do not know v3 yet.
     compute : bool

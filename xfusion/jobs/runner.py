@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from xfusion._progress import emit
 from xfusion.errors import (
     EmptySearchError,
     InvalidParameterError,
@@ -623,10 +624,12 @@ def run(
         Delete an existing store and start afresh. Without it an existing store of the same
         job is resumed: tiles already done are skipped.
     progress : bool, optional
-        Show a tile progress bar (default: on a terminal).
+        Report progress (default: on, unless switched off for the session, see
+        :func:`xfusion.set_progress`): a ``tqdm.auto`` bar in Jupyter and terminals, else
+        progress lines.
     log_every : float, default 30
-        Seconds between progress lines on the ``"xfusion.run"`` logger (tiles done, pixel/s,
-        ETA).
+        Seconds between progress lines (tiles done, pixel/s, ETA) on the ``"xfusion.run"``
+        logger when logging shows its INFO lines, else on stderr.
 
     Returns
     -------
@@ -648,8 +651,7 @@ def run(
     ...     report = xfusion.run("conus-2020-07-14.yaml")
     >>> print(report)  # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
-
+    from xfusion._progress import Progress, enabled
     from xfusion.io.zarr import MARKER_NAME
 
     t0 = _time.perf_counter()
@@ -715,13 +717,9 @@ def run(
     last_error: dict[tuple[int, int], str] = {}
     running: dict[Any, tuple[int, int]] = {}
     item_ids: set[str] = set()
-    bar = tqdm(
-        total=report.tiles_total,
-        initial=report.tiles_skipped,
-        unit="tile",
-        desc="xfusion.run",
-        disable=not (sys.stderr.isatty() if progress is None else progress),
-    )
+    show = enabled(progress)
+    bar = Progress(report.tiles_total, initial=report.tiles_skipped, unit="tile",
+                   desc="xfusion.run", progress=show, lines=False)  # lines: _log_progress
     last_log = _time.perf_counter()
 
     def fail_or_retry(tile: tuple[int, int], err: BaseException | str) -> None:
@@ -848,7 +846,8 @@ def run(
             now = _time.perf_counter()
             if now - last_log >= log_every:
                 last_log = now
-                _log_progress(report, now - t0, len(pending) + len(ready) + len(running))
+                if show:
+                    _log_progress(report, now - t0, len(pending) + len(ready) + len(running))
                 if item_ids:
                     _add_items(zgroup, item_ids)
     finally:
@@ -868,11 +867,9 @@ def _log_progress(report: RunReport, elapsed: float, left: int) -> None:
     done = report.tiles_written + report.tiles_empty
     rate = done / elapsed if elapsed > 0 else 0.0
     eta = left / rate if rate > 0 else float("inf")
-    log.info(
-        "xfusion.run: %d/%d tiles done (%d failed), %s/s, ETA %s",
-        report.tiles_done,
-        report.tiles_total,
-        len(report.failed),
-        _fmt_px(report.pixels / elapsed if elapsed > 0 else 0.0),
-        _fmt_eta(eta if left else 0.0),
+    emit(
+        f"xfusion.run: {report.tiles_done}/{report.tiles_total} tiles done "
+        f"({len(report.failed)} failed), {_fmt_px(report.pixels / elapsed if elapsed > 0 else 0.0)}"
+        f"/s, ETA {_fmt_eta(eta if left else 0.0)}",
+        logger=log,
     )

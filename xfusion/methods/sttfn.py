@@ -331,7 +331,7 @@ def sttfn(
     precision: str = "float32",
     tile: int | None = 512,
     num_workers: int = 0,
-    progress: bool = False,
+    progress: bool | None = None,
     save: str | os.PathLike[str] | None = None,
     diagnostics: bool = False,
     engine: EngineConfig | None = None,

@@ -67,7 +67,7 @@ def train_harmonizer(
     seed: int = 0,
     device: str = "auto",
     time_limit: float | None = None,
-    verbose: bool = False,
+    verbose: bool | None = None,
 ) -> str:
     """Train harmonization U-Net member(s) on same-day Landsat-8 / Sentinel-2 pairs.
 
@@ -111,8 +111,10 @@ def train_harmonizer(
         Training device.
     time_limit : float, optional
         Seconds per member after which training stops (end of an epoch).
-    verbose : bool
-        Show a progress bar.
+    verbose : bool, optional
+        Report progress per epoch with the losses (None: the session switch, see
+        :func:`xfusion.set_progress`): a ``tqdm.auto`` bar in Jupyter and terminals, progress
+        lines elsewhere; False silences.
 
     Returns
     -------

@@ -159,7 +159,7 @@ def fit(
     device: str = "auto",
     precision: str = "float32",
     num_workers: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 1,
     resume: str | os.PathLike[str] | None = None,
@@ -209,8 +209,9 @@ def fit(
         Autocast precision on CUDA (fp16 uses a gradient scaler); the CPU trains in float32.
     num_workers : int
         DataLoader worker processes.
-    progress : bool
-        Show a progress bar (tqdm; only on a terminal).
+    progress : bool, optional
+        Report progress per epoch (None: the session switch, see :func:`xfusion.set_progress`):
+        a ``tqdm.auto`` bar in Jupyter and terminals, progress lines elsewhere.
     checkpoint : path, optional
         Save the training state here (safetensors + JSON) every ``checkpoint_every`` epochs
         and at the end.
@@ -238,7 +239,7 @@ def fit(
         ``resume=`` names a file that is not a training state, is corrupt or tampered with,
         or does not fit ``model``.
     """
-    from tqdm.auto import tqdm
+    from xfusion._progress import Progress
 
     if loss not in LOSSES:
         raise InvalidParameterError(f"Unknown loss {loss!r}. Choose one of {list(LOSSES)!r}.")
@@ -349,8 +350,8 @@ def fit(
         if math.isfinite(initial):
             result.best_loss, result.best_epoch = initial, -1
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    bar = tqdm(total=epochs, initial=min(start_epoch, epochs), desc=description, unit="epoch",
-               leave=False, disable=None if progress else True)
+    bar = Progress(epochs, initial=min(start_epoch, epochs), desc=description, unit="epoch",
+                   leave=False, progress=progress)
     done_here = 0
     stopped = "completed" if start_epoch < epochs else "no-epochs"
     try:
@@ -374,7 +375,7 @@ def fit(
             else:
                 bad += 1
             bar.update(1)
-            bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
+            bar.set_postfix_str(f"train={train_loss:.4g}, val={val_loss:.4g}")
             if callback is not None:
                 callback(record)
             done_here += 1
@@ -389,6 +390,16 @@ def fit(
                 save_state(epoch)
             if stopped != "completed":
                 break
+    except KeyboardInterrupt:
+        # Ctrl-C: the epochs done so far are kept in the checkpoint (when one is set), so
+        # `resume=` continues from them; then the interrupt goes on to the caller
+        if checkpoint is not None and result.epochs_run > start_epoch:
+            save_state(result.epochs_run - 1)
+        from xfusion._progress import emit
+
+        emit(f"{description}: interrupted after {result.epochs_run} of {epochs} epoch(s)"
+             + (f"; resume=\"{checkpoint}\" continues" if checkpoint is not None else ""))
+        raise
     finally:
         bar.close()
     if restore_best and best_state is not None and stopped != "interrupted":

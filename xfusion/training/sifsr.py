@@ -70,7 +70,7 @@ def _train_loop(model: torch.nn.Module, *,
                 train_batches: Callable[[int], Sequence[tuple[Any, ...]]],
                 val_batches: Sequence[tuple[Any, ...]], loss_fn: Callable[..., torch.Tensor],
                 epochs: int, lr: float, patience: int, device: torch.device, seed: int,
-                verbose: bool, time_limit: float | None = None,
+                verbose: bool | None, time_limit: float | None = None,
                 freeze_bn_after: int | None = None) -> _TrainResult:
     """Adam with early stopping on the validation loss (best weights restored), for losses
     that :func:`xfusion.training.fit` cannot express (the SIF loss compares the output with
@@ -87,10 +87,41 @@ def _train_loop(model: torch.nn.Module, *,
     torch.manual_seed(seed)
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    best, best_state, best_epoch, bad = math.inf, copy.deepcopy(model.state_dict()), 0, 0
+    best_box: dict[str, Any] = {"loss": math.inf, "state": copy.deepcopy(model.state_dict()),
+                                "epoch": 0}
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    epoch = 0
+    from xfusion._progress import Progress
+
+    bar = Progress(epochs, desc="sif-sr training", unit="epoch", progress=verbose, leave=False)
+    try:
+        epoch = _epochs(model, opt, bns, bar, train_batches=train_batches,
+                        val_batches=val_batches, loss_fn=loss_fn, epochs=epochs,
+                        device=device, history=history, t0=t0, time_limit=time_limit,
+                        patience=patience, freeze_bn_after=freeze_bn_after, best=best_box)
+    finally:
+        bar.close()
+    best, best_state, best_epoch = best_box["loss"], best_box["state"], best_box["epoch"]
+    model.load_state_dict(best_state)
+    model.eval().cpu()
+    return _TrainResult(best_epoch, best, epoch, history, time.perf_counter() - t0)
+
+
+def _epochs(model: Any, opt: Any, bns: list[Any], bar: Any, *,
+            train_batches: Callable[[int], Sequence[tuple[Any, ...]]],
+            val_batches: Sequence[tuple[Any, ...]], loss_fn: Callable[..., Any], epochs: int,
+            device: Any, history: list[dict[str, float]], t0: float,
+            time_limit: float | None, patience: int, freeze_bn_after: int | None,
+            best: dict[str, Any]) -> int:
+    """The epochs of :func:`_train_loop` (the best weights kept in ``best``); returns the
+    last epoch run."""
+    import copy
+
+    import torch
+
+    bad = 0
     epoch = 0
     for epoch in range(1, epochs + 1):
         model.train()
@@ -118,20 +149,18 @@ def _train_loop(model: torch.nn.Module, *,
         else:
             vl = tl
         history.append({"epoch": epoch, "train_loss": tl, "val_loss": vl})
-        if verbose:
-            print(f"epoch {epoch}: train {tl:.4f} val {vl:.4f}")
-        if vl < best:
-            best, best_epoch, bad = vl, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+        bar.update(1)
+        bar.set_postfix_str(f"train={tl:.4g}, val={vl:.4g}")
+        if vl < best["loss"]:
+            best.update(loss=vl, epoch=epoch, state=copy.deepcopy(model.state_dict()))
+            bad = 0
         else:
             bad += 1
             if bad >= patience:
                 break
         if time_limit is not None and time.perf_counter() - t0 > time_limit:
             break
-    model.load_state_dict(best_state)
-    model.eval().cpu()
-    return _TrainResult(best_epoch, best, epoch, history, time.perf_counter() - t0)
+    return epoch
 
 
 def _space_to_depth_block(x: np.ndarray, *, scale: int) -> np.ndarray:
@@ -207,7 +236,7 @@ def train_sif_sr(
     device: str = "auto",
     time_limit: float | None = None,
     freeze_bn_after: int | Literal["auto"] | None = "auto",
-    verbose: bool = False,
+    verbose: bool | None = None,
 ) -> str:
     """Train SIF-CNN-SR weights self-supervised on cube patches (no fine LST needed).
 
@@ -269,8 +298,10 @@ def train_sif_sr(
         objective differ from what the evaluation-mode network computes; freezing removes that
         gap. ``"auto"``: a third of ``epochs``; None: never (the paper's setting). Before
         freezing, the running statistics are re-estimated after every epoch.
-    verbose : bool
-        Print the losses per epoch.
+    verbose : bool, optional
+        Report progress per epoch with the losses (None: the session switch, see
+        :func:`xfusion.set_progress`): a ``tqdm.auto`` bar in Jupyter and terminals, progress
+        lines elsewhere; False silences.
 
     Returns
     -------

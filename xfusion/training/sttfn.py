@@ -84,7 +84,7 @@ class SttfnTrainOptions:
     """``"bf16"``/``"fp16"`` autocast on CUDA."""
     num_workers: int = 0
     """DataLoader workers."""
-    progress: bool = False
+    progress: bool | None = None
     """Show progress bars."""
 
     def __post_init__(self) -> None:
@@ -477,7 +477,7 @@ def train_sttfn(
     device: str = "auto",
     precision: str = "float32",
     num_workers: int = 0,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> TrainedSttfn:
     """Train one STTFN forward/backward pair across many triplets and regions (general regime).
 
