@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.xfusion-installed
-TEST_DEPS := "pytest>=8" "pytest-timeout>=2.2" "hypothesis>=6.100" "import-linter>=2.1"
+TEST_DEPS := "pytest>=8" "pytest-timeout>=2.2" "hypothesis>=6.100" "import-linter>=2.1" "jsonschema>=4.18"
 DEV_DEPS := "ruff>=0.5"
 
 .PHONY: install demo test bench lint clean

@@ -328,7 +328,7 @@ def _textured_tifs(tmp_path, n=384):
     yy, xx = np.mgrid[0:n, 0:n].astype("float32")
     fine = (0.2 + 0.05 * np.sin(yy / 7.0) * np.cos(xx / 11.0)).astype("float32")
     m = n // 4 + 2
-    cy, cx = np.mgrid[0:m, 0:m].astype("float32")
+    cy = np.mgrid[0:m, 0:m].astype("float32")[0]
     paths = {"fine": write_tif(tmp_path / "fine.tif", fine)}
     for k, day in enumerate(("0308", "0317", "0325", "0402")):
         coarse = (0.25 + 0.01 * k + 0.02 * np.sin((cy + k) / 5.0)).astype("float32")

@@ -48,10 +48,18 @@ def test_linear_geotiffs_to_geotiff(series, stack, tmp_path, capsys):
     opt, _ = stack
     out = tmp_path / "filled.tif"
     assert main(["gapfill", *opt, "--method", "linear", "--out", str(out), "--chunks", "4"]) == 0
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote" in printed
     from xfusion import gapfill
 
     ref = gapfill(series, method="linear")
+    # the summary: per time step, the share valid after filling and the share filled
+    for k in (0, len(series.time) // 2):
+        label = str(series.time.values[k])[:10]
+        valid = 100 * float(ref.ndvi[k].notnull().mean())
+        filled = 100 * float(ref.ndvi_filled[k].mean())
+        assert f"  {label}: ndvi {valid:.1f} % valid, {filled:.1f} % filled" in printed
+    assert (tmp_path / "filled.stac.json").exists()  # described next to it
     with rasterio.open(out) as src:
         got = src.read()
         assert src.count == 12 and src.descriptions[0] == str(series.time.values[0])[:10]

@@ -158,7 +158,9 @@ def test_geozarr_group_attributes(tmp_path):
     assert attrs["spatial:transform"] == [30.0, 0.0, 500000.0, 0.0, -30.0, 4000000.0]
     assert attrs["spatial:bbox"] == [500000.0, 4000000.0 - 11 * 30, 500000.0 + 13 * 30, 4000000.0]
     names = [c["name"] for c in attrs["zarr_conventions"]]
-    assert names == ["proj:", "spatial"]
+    assert names == ["proj:", "spatial:"]  # the published names (prefix with its colon)
+    uuids = [c["uuid"] for c in attrs["zarr_conventions"]]
+    assert uuids == ["f17cb550-5864-4468-aeb7-f3180cfb622f", "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4"]
 
 
 def test_chunk_aligned_encoding_and_zstd(tmp_path):

@@ -76,10 +76,10 @@ def test_switch_precedence(monkeypatch):
 def test_lines_go_to_the_logger_when_logging_shows_info(caplog, monkeypatch):
     monkeypatch.setenv("XFUSION_PROGRESS", "log")
     monkeypatch.setenv("XFUSION_PROGRESS_INTERVAL", "0")
-    with caplog.at_level(logging.INFO, logger="xfusion.progress"):
-        with Progress(3, desc="unit test", unit="step") as bar:
-            for _ in range(3):
-                bar.update(1)
+    with (caplog.at_level(logging.INFO, logger="xfusion.progress"),
+          Progress(3, desc="unit test", unit="step") as bar):
+        for _ in range(3):
+            bar.update(1)
     msgs = [r.getMessage() for r in caplog.records if r.name == "xfusion.progress"]
     assert msgs[0] == "unit test: started 0/3 step (0 %) in 0 s"
     assert msgs[-1].startswith("unit test: done 3/3 step (100 %)")
@@ -123,12 +123,12 @@ def test_cli_quiet_and_non_tty_lines(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("XFUSION_PROGRESS")}
     env.update(PYTHONWARNINGS="ignore", XFUSION_PROGRESS_INTERVAL="0")
     loud = subprocess.run([sys.executable, "-c", code, *argv, "--out", str(tmp_path / "a.zarr")],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
     assert loud.returncode == 0, loud.stderr
     assert "xfusion.write_tiled: done 4/4 tile (100 %)" in loud.stderr
     quiet = subprocess.run([sys.executable, "-c", code, *argv, "--out",
                             str(tmp_path / "b.zarr"), "--quiet"],
-                           capture_output=True, text=True, env=env, timeout=300)
+                           capture_output=True, text=True, env=env, timeout=300, check=False)
     assert quiet.returncode == 0, quiet.stderr
     assert "xfusion.write_tiled" not in quiet.stderr
 

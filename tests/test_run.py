@@ -190,6 +190,18 @@ def test_tiled_run_equals_whole_aoi_for_a_local_method(aoi, tmp_path):
     assert again.ok and again.tiles_skipped == 9 and again.tiles_written == 0
     assert server.hits("/stac*") == hits
     assert re.search(r"\(\d[\d.]* [kMG]?px/s\)", str(report)), str(report)  # readable rate
+    # the finished store is described: a STAC Item next to it and a Collection holding it
+    from pystac.validation import validate_dict
+
+    item = json.loads((tmp_path / "b.stac.json").read_text())
+    validate_dict(item, extensions=[])
+    assert item["assets"]["data"]["href"] == "b.zarr"
+    assert item["properties"]["xfusion:method"] == "baseline"
+    assert item["properties"]["xfusion:input_items"]  # the STAC items the tiles read
+    assert item["properties"]["proj:shape"] == list(got.shape[1:])
+    col = json.loads((tmp_path / "b.collection.json").read_text())
+    validate_dict(col, extensions=[])
+    assert [ln["href"] for ln in col["links"] if ln["rel"] == "item"] == ["b.stac.json"]
 
 
 def test_cluster_run_equals_single_process_and_store_is_geo(aoi, client, tmp_path):

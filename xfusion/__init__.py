@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from xfusion import accessor as _accessor  # noqa: F401  (registers .fusion)
 from xfusion import errors
+from xfusion._progress import set_progress
 from xfusion._version import __version__
 from xfusion.apply import apply_model
 from xfusion.cube import combine, from_geotiffs, from_numpy, mark_observed, validate_cube
-from xfusion._progress import set_progress
 from xfusion.jobs import Job, cluster, load_job, run
 from xfusion.methods.baseline import baseline
 from xfusion.methods.composite import (

@@ -58,9 +58,7 @@ def enabled(progress: bool | None = None) -> bool:
     if value is not None:
         return str(value).strip().lower() not in _OFF if isinstance(value, str) else bool(value)
     env = os.environ.get(_ENV)
-    if env is not None and env.strip().lower() in _OFF:
-        return False
-    return True
+    return env is None or env.strip().lower() not in _OFF
 
 
 def interactive() -> bool:
@@ -176,10 +174,10 @@ class Progress:
         elif self._on:
             self._line("done" if self.total is None or self.n >= self.total else "stopped")
 
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> Progress:  # noqa: PYI034 - a final class in use
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # log lines ---------------------------------------------------------------------------

@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fuse.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     fuse.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
+    _add_describe_args(fuse)
     fuse.add_argument(
         "--weights",
         metavar="PATH",
@@ -237,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     sr.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
+    _add_describe_args(sr)
     sr.set_defaults(handler=_cmd_super_resolve, subparser=sr)
 
     demo = sub.add_parser("demo", help="run the self-contained demo (synthetic data)")
@@ -407,6 +409,8 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     n_t = out.sizes["time"]
     print(f"xfusion: wrote {n_t} target(s) x {len(names)} variable(s) to {args.out}")
     _print_shares(shares, labels, what="predicted")
+    _describe(out, args, fmt, inputs=[p for _, p in (*args.fine, *args.coarse)],
+              method=args.method, params=params)
     return _empty_exit(shares, labels, ds=ds, out=out, fine=fine, coarse=coarse, params=params)
 
 
@@ -423,11 +427,10 @@ def _write_out(out: Any, path: str, fmt: str, *, overwrite: bool,
     """Write a result (GeoTIFF, or a resumable tile-by-tile Zarr store); return the share of
     valid pixels per variable and time, and the time labels."""
     if fmt == "zarr":
-        from xfusion.io.tiled import write_tiled
-
         import warnings
 
         from xfusion.errors import EmptyPredictionWarning
+        from xfusion.io.tiled import write_tiled
 
         try:
             with warnings.catch_warnings():  # the command reports empty targets itself
@@ -602,6 +605,8 @@ def _cmd_super_resolve(args: argparse.Namespace) -> int:
     print(f"xfusion: wrote {n} band(s) of {out.sizes[ydim]} x {out.sizes[xdim]} px ({method}) "
           f"to {args.out}")
     _print_shares(shares, labels, what="valid")
+    _describe(out, args, fmt, inputs=[p for p in (args.coarse, args.guide) if p],
+              method=method, params=params)
     return 0
 
 
@@ -710,6 +715,7 @@ def _add_gapfill_parser(sub: Any) -> None:
     )
     gap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     gap.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
+    _add_describe_args(gap)
     gap.set_defaults(handler=_cmd_gapfill, subparser=gap)
 
 
@@ -806,7 +812,89 @@ def _cmd_gapfill(args: argparse.Namespace) -> int:
         f"xfusion: filled {optical!r} ({args.method}) over {out.sizes['time']} time steps; "
         f"wrote {args.out}"
     )
+    _print_gapfill_shares(args.out, fmt, optical)
+    inputs = [p for _, p in (args.optical or [])] + [p for _, p in (args.sar or [])]
+    if getattr(args, "input", None):
+        inputs.append(args.input)
+    _describe(out, args, fmt, inputs=inputs, method=args.method, params=params)
     return 0
+
+
+def _print_gapfill_shares(path: str, fmt: str, optical: str) -> None:
+    """Per time step: the share of pixels valid after filling and the share filled (read
+    back from the written product, nothing recomputed)."""
+    import numpy as np
+
+    if fmt == "zarr":
+        from xfusion.io.zarr import open_zarr
+
+        got = open_zarr(path)
+        if f"{optical}_filled" not in got:
+            return
+        dims = [d for d in got[optical].dims if d != "time"]
+        valid = got[optical].notnull().mean(dims).values
+        filled = got[f"{optical}_filled"].astype(bool).mean(dims).values
+        labels = [str(t)[:10] for t in got["time"].values]
+    else:
+        import rasterio
+
+        base = path[: path.lower().rfind(".tif")]
+        with rasterio.open(path) as a, rasterio.open(f"{base}_filled.tif") as b:
+            valid = [float(np.isfinite(a.read(k)).mean()) for k in range(1, a.count + 1)]
+            filled = [float((b.read(k) > 0).mean()) for k in range(1, b.count + 1)]
+            labels = [(d or str(k)).partition("/")[0] for k, d in
+                      enumerate(a.descriptions, start=1)]
+    for label, v, f in zip(labels, valid, filled, strict=False):
+        print(f"  {label}: {optical} {100 * float(v):.1f} % valid, {100 * float(f):.1f} % "
+              "filled")
+
+
+def _add_describe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quicklook", action="store_true",
+                        help="also write a PNG quicklook next to --out (OUT.png)")
+    parser.add_argument("--no-stac", action="store_true",
+                        help="do not write the STAC item next to --out (OUT.stac.json)")
+
+
+def _describe(out: Any, args: argparse.Namespace, fmt: str, *, inputs: Sequence[str],
+              method: str, params: dict[str, Any]) -> None:
+    """Write the product's STAC item (and its quicklook) next to it."""
+    from xfusion.io.stac_item import item_path, quicklook, write_stac_item
+
+    ql = None
+    if getattr(args, "quicklook", False):
+        ql = item_path(args.out)[: -len(".stac.json")] + ".png"
+        quicklook(_reopen(args.out, fmt), ql)
+        print(f"xfusion: quicklook {ql}")
+    if getattr(args, "no_stac", False):
+        return
+    obj = out if not hasattr(out, "to_dataset") else out.to_dataset(name=out.name or "data")
+    path = write_stac_item(obj, args.out, derived_from=list(inputs), quicklook_href=ql,
+                           method=method, parameters={k: v for k, v in params.items()
+                                                      if _jsonable(v)})
+    print(f"xfusion: described in {path}")
+
+
+def _jsonable(v: Any) -> bool:
+    import json
+
+    try:
+        json.dumps(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _reopen(path: str, fmt: str) -> Any:
+    """The written product, read back lazily (quicklooks read it, not the lazy result)."""
+    if fmt == "zarr":
+        from xfusion.io.zarr import open_zarr
+
+        return open_zarr(path)
+    import rioxarray
+
+    da = rioxarray.open_rasterio(path, masked=True)
+    return da.isel(band=0, drop=True).rename("data")
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,9 +19,9 @@ import dask
 import numpy as np
 import xarray as xr
 
+from xfusion.cube.attrs import output_attrs
 from xfusion.cube.validate import get_geobox, get_nodata, spatial_dims
 from xfusion.engine.bicubic import BICUBIC_HALO
-from xfusion.cube.attrs import output_attrs
 from xfusion.errors import (
     CRSMismatchError,
     GridMismatchError,

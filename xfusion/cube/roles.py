@@ -34,9 +34,9 @@ from typing import Any, Literal, NoReturn, TypeAlias
 import numpy as np
 import xarray as xr
 
+from xfusion.cube.attrs import output_attrs
 from xfusion.cube.build import to_datetime64
 from xfusion.cube.validate import TIME, get_nodata, observed_times, spatial_dims, validate_cube
-from xfusion.cube.attrs import output_attrs
 from xfusion.errors import (
     InvalidParameterError,
     MissingDimensionError,

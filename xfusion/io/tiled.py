@@ -39,10 +39,10 @@ from xfusion.io.zarr import (
     _is_dask,
     _show_progress,
     _store_repr,
+    _time_label,
     _try_spatial,
     existing_group,
     open_group,
-    _time_label,
     to_zarr,
     warn_empty,
 )

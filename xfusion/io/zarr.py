@@ -66,9 +66,11 @@ _KEEP_ENCODING = frozenset(
     }
 )
 
+# the published registrations (geozarr-toolkit, EOPF GeoZarr): names end with the colon of
+# their attribute prefix, and readers key on the UUIDs
 _PROJ_CONVENTION = {
-    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/geo-proj/refs/tags/v1/schema.json",
-    "spec_url": "https://github.com/zarr-conventions/geo-proj/blob/v1/README.md",
+    "schema_url": "https://raw.githubusercontent.com/zarr-experimental/geo-proj/refs/tags/v1/schema.json",
+    "spec_url": "https://github.com/zarr-experimental/geo-proj/blob/v1/README.md",
     "uuid": "f17cb550-5864-4468-aeb7-f3180cfb622f",
     "name": "proj:",
     "description": "Coordinate reference system information for geospatial data",
@@ -77,7 +79,7 @@ _SPATIAL_CONVENTION = {
     "schema_url": "https://raw.githubusercontent.com/zarr-conventions/spatial/refs/tags/v1/schema.json",
     "spec_url": "https://github.com/zarr-conventions/spatial/blob/v1/README.md",
     "uuid": "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4",
-    "name": "spatial",
+    "name": "spatial:",
     "description": "Spatial coordinate information",
 }
 
@@ -413,7 +415,7 @@ def _empty_planes(ds: xr.Dataset, store: StoreLike, group: str | None,
             import zarr
 
             ct = int(zarr.open_array(where, mode="r").chunks[axis])
-        except Exception:  # an unreadable array: say nothing rather than guess
+        except Exception:  # noqa: S112 - an unreadable array: say nothing rather than guess
             continue
         out[str(name)] = tuple(1.0 if k // ct in seen else 0.0 for k in range(nt))
     return out
@@ -469,6 +471,7 @@ def to_zarr(
     append_dim: str | None = None,
     consolidated: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    stac: bool | Mapping[str, Any] = False,
 ) -> Any:
     """Write a datacube to Zarr (v3 by default) with chunk-aligned encoding and its CRS.
 
@@ -514,6 +517,12 @@ def to_zarr(
         zarr warns about it; consider True for ``zarr_format=2`` stores read over HTTP).
     storage_options : dict, optional
         fsspec options for URL stores.
+    stac : bool or dict
+        Also write a STAC Item describing the store next to it (``out.zarr`` ->
+        ``out.stac.json``; see :func:`xfusion.io.stac_item.stac_item`): footprint, time
+        range, the ``proj`` and ``datacube`` extensions, the method and parameters, links to
+        the inputs. A dict is passed on (``id=``, ``derived_from=[...]``, ``properties=``).
+        Local stores only.
 
     Returns
     -------
@@ -620,6 +629,15 @@ def to_zarr(
             labels = tuple(_time_label(v) for v in np.asarray(ds["time"].values))
             warn_empty(planes, labels, where=_store_repr(store),
                        pixels=int(ds.sizes[sd[0]]) * int(ds.sizes[sd[1]]))
+    if stac:
+        if not isinstance(store, str | os.PathLike) or "://" in os.fspath(store):
+            raise InvalidParameterError(
+                f"to_zarr(stac=...) writes the item next to a local store; {_store_repr(store)!r}"
+                " is not a local path. Build it with xfusion.io.stac_item.stac_item() instead."
+            )
+        from xfusion.io.stac_item import write_stac_item
+
+        write_stac_item(ds, store, **(dict(stac) if isinstance(stac, Mapping) else {}))
     return None
 
 

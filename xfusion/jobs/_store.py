@@ -160,3 +160,35 @@ def finished_markers(job: Job, pl: Plan) -> np.ndarray | None:
         return None
     return status
 
+
+
+def describe_store(job: Job) -> tuple[str, str] | None:
+    """Write the STAC Item of a finished job's store next to it (``out.stac.json``) and a
+    Collection (``out.collection.json``) holding it; return both paths (None for a store that
+    is not a local path). Only metadata is read."""
+    import pystac
+
+    from xfusion.io.stac_item import item_path, stac_collection, write_stac_item
+    from xfusion.io.zarr import open_zarr
+
+    store = os.fspath(job.store)
+    if "://" in store or not os.path.isdir(store):
+        return None
+    ds = open_zarr(store)
+    prov = json.loads(ds.attrs.get(PROVENANCE_ATTR, "{}"))
+    props = {"xfusion:input_items": list(prov.get("input_items", [])),
+             "xfusion:job": job.name or os.path.basename(store.rstrip("/\\"))}
+    ipath = write_stac_item(ds, store, method=job.method,
+                            parameters=dict(prov.get("params") or {}), properties=props)
+    item = pystac.Item.from_file(ipath)
+    name = job.name or os.path.splitext(os.path.basename(store.rstrip("/\\")))[0]
+    cpath = item_path(store)[: -len(".stac.json")] + ".collection.json"
+    col = stac_collection([item], id=name, title=f"xfusion job {name}",
+                          description=f"xfusion {job.method} from {job.fine} and {job.coarse}, "
+                          f"{job.time[0]} to {job.time[1]}")
+    col.clear_items()
+    col.add_link(pystac.Link("item", os.path.basename(ipath), media_type=pystac.MediaType.JSON,
+                             title=item.id))
+    with open(cpath, "w") as fh:
+        json.dump(col.to_dict(include_self_link=False, transform_hrefs=False), fh, indent=1)
+    return ipath, cpath

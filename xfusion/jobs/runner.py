@@ -57,6 +57,7 @@ from xfusion.jobs._store import (
     EMPTY,
     _add_items,
     _open_or_create,
+    describe_store,
     finished_markers,
 )
 from xfusion.jobs._tile import run_tile
@@ -858,6 +859,10 @@ def run(
     from xfusion.io.zarr import COMPLETE_ATTR
 
     zgroup.attrs[COMPLETE_ATTR] = bool(report.ok)  # readers warn about an unfinished store
+    if report.ok:
+        described = describe_store(job)
+        if described is not None:
+            log.info("xfusion.run %s: described in %s and %s", job.name or job.store, *described)
     report.elapsed_s = _time.perf_counter() - t0
     _log_progress(report, report.elapsed_s, 0)
     return report

@@ -242,7 +242,6 @@ def _combine_moments(
     image (a unit mismatch); warns when a fine image has no valid pixel at all.
     """
     from xfusion.methods._estarfm_kernel import MOMENT_SIZE, threshold_from_moments
-
     from xfusion.methods._estarfm_params import AUTO_REFLECTANCE_MAX, AUTO_SCALE
 
     nt, two, nb = parts.shape[:3]

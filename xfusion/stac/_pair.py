@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from xfusion.errors import (
     TimeAxisError,
     VariableNotFoundError,
 )
+from xfusion.io.stac_item import INPUT_ITEMS_ATTR
 from xfusion.stac.presets import Preset, get_preset, preset_for_collection
 
 if TYPE_CHECKING:
@@ -564,11 +566,14 @@ def load_pair(
     for role in (fine_name, coarse_name):
         c = f"{role}_time"
         cube[c].attrs = {"long_name": f"Acquisition time of the {role} sensor (UTC)"}
+    inputs = {d["id"]: d for part in (fine_ds, coarse_ds)
+              for d in json.loads(part.attrs.get(INPUT_ITEMS_ATTR, "[]"))}
     cube.attrs = {
         "title": "xfusion fusion cube from STAC",
         "fine_preset": "" if fine_p is None else fine_p.name,
         "coarse_preset": "" if coarse_p is None else coarse_p.name,
         "time_tolerance": str(tol),
+        INPUT_ITEMS_ATTR: json.dumps(sorted(inputs.values(), key=lambda d: d["id"])),
     }
     if not coarse_native:
         return cube

@@ -11,6 +11,7 @@ time, retries and errors naming the item and asset that could not be read.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from xfusion.errors import InvalidParameterError, VariableNotFoundError
+from xfusion.io.stac_item import INPUT_ITEMS_ATTR
 from xfusion.stac._grid import (
     _check_one_crs,
     _native_anchor,
@@ -620,7 +622,19 @@ def load_cube(
             out.attrs["preset"] = ",".join(p.name for p in used)
         if mask_names:
             out.attrs["masked_flags"] = " ".join(mask_names)
+    out.attrs[INPUT_ITEMS_ATTR] = input_items_attr(it for _, its in plans for it in its)
     return out
+
+
+def input_items_attr(items: Iterable[Any]) -> str:
+    """JSON list of ``{"id", "collection", "href"}`` of the items a cube was read from (the
+    provenance a product's STAC Item links to)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for it in items:
+        href = it.get_self_href() if hasattr(it, "get_self_href") else None
+        seen.setdefault(str(it.id), {"id": str(it.id), "collection": it.collection_id,
+                                     "href": href})
+    return json.dumps(sorted(seen.values(), key=lambda d: d["id"]))
 
 
 def _is_qa_out(plans: Sequence[tuple[_Group, list[Any]]], name: str) -> bool:
