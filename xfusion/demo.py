@@ -138,7 +138,7 @@ def _panel(path: Path, cube: xr.Dataset, preds: dict[str, xr.Dataset], truth: xr
         inputs[f"fine (pair {str(pair)[:10]})"] = cube["fine"].sel(time=pair).values
         inputs[f"coarse (pair {str(pair)[:10]})"] = cube["coarse"].sel(time=pair).values
     inputs[f"coarse (target {str(target)[:10]})"] = cube["coarse"].sel(time=target).values
-    ncol = max(len(inputs), len(preds)) + 1
+    ncol = max(len(inputs) + 1, len(preds))  # row 0: the inputs and the truth
     fig, axes = plt.subplots(3, ncol, figsize=(3.0 * ncol, 9.0), squeeze=False,
                              layout="constrained")
     for ax in axes.ravel():
@@ -193,12 +193,19 @@ def run_demo(out: str | Path = "demo_out", size: int = 512, *, seed: int = 0, ch
         f"{out / 'catalog'} ({time.perf_counter() - t0:.1f} s)")
 
     preds: dict[str, xr.Dataset] = {}
+    train_s: dict[str, float] = {}
     for name, func in DEMO_METHODS.items():
+        tm = time.perf_counter()
         try:
             got = func(cube)
         except _Skip as why:
             say(f"[xfusion demo] skipping {name}: {why}")
             continue
+        # the lazy methods return at once; the learned ones train here (predictions run later,
+        # with the write)
+        train_s[name] = time.perf_counter() - tm
+        if train_s[name] >= 1.0:
+            say(f"[xfusion demo] {name}: trained in {train_s[name]:.1f} s")
         preds.update(got if isinstance(got, dict) else {name: got})
     targets = next(iter(preds.values()))["time"].values
     result = xr.Dataset(
@@ -234,6 +241,7 @@ def run_demo(out: str | Path = "demo_out", size: int = 512, *, seed: int = 0, ch
     elapsed = time.perf_counter() - t0
     say(f"\n[xfusion demo] panel: {out / 'demo.png'}; total {elapsed:.1f} s")
     return {"store": str(store), "panel": str(out / "demo.png"), "elapsed_s": elapsed,
+            "train_s": train_s,
             "table": table, "metrics": {k: v.compute() for k, v in metrics.items()},
             "targets": [str(t)[:10] for t in targets], "super_resolution": sr}
 
