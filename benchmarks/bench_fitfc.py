@@ -359,6 +359,16 @@ def kranj() -> list[dict[str, Any]]:
 PARTS = ("kernel", "parity", "rss", "kranj")
 
 
+def run(quick: bool = False, repeats: int = 3, threads: int = 2) -> list[dict[str, Any]]:
+    """All Fit-FC benchmarks as rows for ``benchmarks/run.py`` (``quick``: one repeat, a
+    2048 px streamed run; parity only where the reference programs are built)."""
+    rows = kernel(1 if quick else repeats, threads)
+    rows += parity(threads, False)
+    rows.append(rss(2048 if quick else 10000, 512 if quick else 1024, "wang"))
+    rows += kranj()
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--parts", default=",".join(PARTS))

@@ -26,6 +26,8 @@ BENCHMARKS = {
     "stream": ("bench_stream", {"size": 16384, "chunk": 2048}, {"size": 4096, "chunk": 2048}),
     "starfm_kernel": ("bench_starfm_kernel", {}, {"repeats": 2}),
     "starfm": ("bench_starfm", {}, {"quick": True}),
+    "estarfm": ("bench_estarfm", {}, {"quick": True}),
+    "fitfc": ("bench_fitfc", {}, {"quick": True}),
     "sttfn": ("bench_sttfn", {}, {"quick": True}),
     "super_resolve": ("bench_super_resolve", {}, {"quick": True}),
     "gapfill": ("bench_gapfill", {}, {"quick": True}),
