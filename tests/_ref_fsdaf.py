@@ -324,3 +324,36 @@ def ref_fsdaf(f1, c1, c2, classes, *, s, w, n_similar=20, n_pure=100,
                 elif out[b, i, j] > hi:
                     out[b, i, j] = max(lo, min(hi, fc[b] + (c2[b, i, j] - c1[b, i, j])))
     return out, d21, hi_map
+
+
+def make_scene(rng, *, nb=2, shape=(64, 64), s=8, ncls=3, nan_px=0, coarse_noise=5.0,
+               blocky=True):  # fmt: skip
+    """Random fine/coarse test stack with spatially coherent classes and class-wise change.
+
+    Returns ``(f1, c1, c2, classes, f2)``: (nb, ny, nx) float64 arrays and the (ny, nx) class
+    map (1..ncls). Coarse images are s x s cell means (cut cells at the edges included) put
+    back on the fine grid, plus noise per fine pixel (so they are not block-constant unless
+    ``coarse_noise`` is 0).
+    """
+    ny, nx = shape
+    base = rng.integers(1, ncls + 1, size=(-(-ny // 4), -(-nx // 4)))
+    cls = np.kron(base, np.ones((4, 4), int))[:ny, :nx] if blocky else base
+    flip = rng.random((ny, nx)) < 0.1
+    cls = np.where(flip, rng.integers(1, ncls + 1, size=(ny, nx)), cls)
+    mean = rng.uniform(500, 4000, size=(ncls + 1, nb))
+    chg = rng.uniform(-300, 300, size=(ncls + 1, nb))
+    f1 = np.stack([mean[cls, b] + rng.normal(0, 80, (ny, nx)) for b in range(nb)])
+    f2 = np.stack([f1[b] + chg[cls, b] + rng.normal(0, 30, (ny, nx)) for b in range(nb)])
+
+    def coarse(a):
+        out = np.empty_like(a)
+        for i in range(0, ny, s):
+            for j in range(0, nx, s):
+                out[:, i : i + s, j : j + s] = a[:, i : i + s, j : j + s].mean(axis=(1, 2))[:, None, None]
+        return out + (rng.normal(0, coarse_noise, a.shape) if coarse_noise else 0.0)
+
+    c1, c2 = coarse(f1), coarse(f2)
+    for _ in range(nan_px):
+        i, j = rng.integers(ny), rng.integers(nx)
+        f1[rng.integers(nb), i, j] = np.nan
+    return f1, c1, c2, cls, f2

@@ -67,6 +67,11 @@ FULL_FRACTION = 0.999  # fractions are zeroed when they sum to <= 0.999 (backgro
 #: Pixels of the fine image used to fit ISODATA (a regular grid of at most this many).
 ISODATA_SAMPLE = 50_000
 
+_FMAX = float(np.finfo(np.float64).max)
+
+#: Centres processed together by the similar-pixel kernel (one vectorised pass per offset).
+_SEGMENT = 128
+
 
 # --------------------------------------------------------------------------------------------
 # small shared pieces
@@ -805,111 +810,214 @@ def change_block(
 # step 13: similar pixels and the final prediction (numba)
 
 
-@njit(cache=True, nogil=True)
-def _less(k1, d1, p1, k2, d2, p2):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True, inline="always")
+def _before(k1, p1, k2, p2, dflat):  # type: ignore[no-untyped-def]
+    # rank order of two candidates of one centre: key, then distance, then row-major position
     if k1 != k2:
         return k1 < k2
+    d1 = dflat[p1]
+    d2 = dflat[p2]
     if d1 != d2:
         return d1 < d2
     return p1 < p2
 
 
-@njit(cache=True, nogil=True)
-def _predict_rows(f, d21, c1, c2, target, th, dtab, w, nsim, lo, hi, r0, c0, nri, nci,
-                  out, ncand, i0, i1):  # type: ignore[no-untyped-def]  # fmt: skip
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _band_pass(fr, fc, den, sb, th, n):  # type: ignore[no-untyped-def]
+    # one band, one window offset, n centres: S += |df| / den, or +inf when |df| >= th
+    for t in range(n):
+        df = abs(fr[t] - fc[t])
+        sb[t] = sb[t] + (df / den[t] if df < th else np.inf)
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _key_pass(sb, extra, kmax, kb, d, w, n):  # type: ignore[no-untyped-def]
+    # rank keys of one window offset for n centres; returns how many may enter their lists
+    hits = 0
+    for t in range(n):
+        key = (sb[t] + 1e-5) * (10.0 + (d + extra[t]) / w)
+        kb[t] = key
+        hits += key <= kmax[t]
+    return hits
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _compact(kb, kmax, idx, t0, n):  # type: ignore[no-untyped-def]
+    # indices t0 + t of the keys that may enter their lists, without branches
+    m = 0
+    for t in range(n):
+        idx[m] = t0 + t
+        m += kb[t] <= kmax[t]
+    return m
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _predict_rows(f, d21, c1, c2, target, th, odi, odj, od, dflat, w, nsim, lo, hi, r0, c0,
+                  nri, nci, seg, out, ncand, i0, i1):  # type: ignore[no-untyped-def]  # fmt: skip
+    # Rows i0..i1 of the interior. Centres are taken in segments of `seg` pixels of a row;
+    # for each window offset (nearest first) the candidate of centre t is pixel t + dj of
+    # one row, so the band and key passes are contiguous, vectorised loops; the few keys
+    # that can enter a centre's sorted list of the nsim best are then inserted one by one.
     nb, h, wd = f.shape
     side = 2 * w + 1
-    full = side * side
-    keys = np.empty(nsim)
-    dist = np.empty(nsim)
-    sval = np.empty(nsim)
-    pos = np.empty(nsim, np.int64)
-    fc = np.empty(nb)
-    den = np.empty(nb)
+    noff = odi.size
+    keys = np.empty((seg, nsim))
+    pos = np.empty((seg, nsim), np.int64)
+    cnt = np.zeros(seg, np.int64)
+    kmax = np.empty(seg)
+    fc = np.empty((nb, seg))
+    den = np.empty((nb, seg))
+    extra = np.empty(seg)
+    sb = np.empty(seg)
+    kb = np.empty(seg)
+    idx = np.empty(seg, np.int64)
+    wts = np.empty(nsim)
     for ii in range(i0, i1):
         i = r0 + ii
-        ra = max(0, i - w)
-        rb = min(h - 1, i + w)
-        for jj in range(nci):
-            j = c0 + jj
-            ok = True
-            for b in range(nb):
-                fc[b] = f[b, i, j]
-                if not (abs(fc[b]) < np.inf):
-                    ok = False
-            if not ok:
+        rowclip = (i - w < 0) or (i + w > h - 1)
+        for s0 in range(0, nci, seg):
+            n = min(seg, nci - s0)
+            j0 = c0 + s0
+            for t in range(n):
+                j = j0 + t
+                ok = target[i, j]
                 for b in range(nb):
-                    out[b, ii, jj] = np.nan
-                ncand[ii, jj] = 0
-                continue
-            if not target[i, j]:
+                    v = f[b, i, j]
+                    fc[b, t] = v
+                    den[b, t] = v + 1e-8
+                    if not (abs(v) < np.inf):
+                        ok = False
+                cnt[t] = 0
+                kmax[t] = _FMAX if ok else -np.inf  # failed candidates have key +inf
+                clip = rowclip or (j - w < 0) or (j + w > wd - 1)
+                extra[t] = 1e-5 if clip else 0.0
+            for o in range(noff):
+                di = odi[o]
+                dj = odj[o]
+                r = i + di
+                if r < 0 or r >= h:
+                    continue
+                tlo = max(0, -dj - j0)
+                thi = min(n, wd - dj - j0)
+                m = thi - tlo
+                if m <= 0:
+                    continue
+                x0 = j0 + dj + tlo
+                sbv = sb[tlo:thi]
+                sbv[:] = 0.0
                 for b in range(nb):
-                    out[b, ii, jj] = fc[b]
-                ncand[ii, jj] = 0
-                continue
-            for b in range(nb):
-                den[b] = fc[b] + 1e-8
-            ca = max(0, j - w)
-            cb = min(wd - 1, j + w)
-            extra = 1e-5 if (rb - ra + 1) * (cb - ca + 1) < full else 0.0
-            n = 0
-            for r in range(ra, rb + 1):
-                di = r - i + w
-                for cc in range(ca, cb + 1):
-                    s = 0.0
-                    good = True
+                    _band_pass(f[b, r, x0 : x0 + m], fc[b, tlo:thi], den[b, tlo:thi], sbv,
+                               th[b], m)  # fmt: skip
+                if _key_pass(sbv, extra[tlo:thi], kmax[tlo:thi], kb[tlo:thi], od[o], w, m) == 0:
+                    continue
+                p = (di + w) * side + (dj + w)
+                nh = _compact(kb[tlo:thi], kmax[tlo:thi], idx, tlo, m)
+                for u in range(nh):
+                    t = idx[u]
+                    key = kb[t]
+                    q = cnt[t]
+                    if q < nsim:  # filling: append; sort once full
+                        keys[t, q] = key
+                        pos[t, q] = p
+                        q += 1
+                        cnt[t] = q
+                        if q == nsim:
+                            for a in range(1, nsim):
+                                ka = keys[t, a]
+                                pa = pos[t, a]
+                                z = a
+                                while z > 0 and _before(ka, pa, keys[t, z - 1], pos[t, z - 1],
+                                                        dflat):  # fmt: skip
+                                    keys[t, z] = keys[t, z - 1]
+                                    pos[t, z] = pos[t, z - 1]
+                                    z -= 1
+                                keys[t, z] = ka
+                                pos[t, z] = pa
+                            kmax[t] = keys[t, nsim - 1]
+                        continue
+                    if not _before(key, p, keys[t, nsim - 1], pos[t, nsim - 1], dflat):
+                        continue
+                    z = nsim - 1
+                    while z > 0 and _before(key, p, keys[t, z - 1], pos[t, z - 1], dflat):
+                        keys[t, z] = keys[t, z - 1]
+                        pos[t, z] = pos[t, z - 1]
+                        z -= 1
+                    keys[t, z] = key
+                    pos[t, z] = p
+                    kmax[t] = keys[t, nsim - 1]
+            for t in range(n):
+                jj = s0 + t
+                j = j0 + t
+                ok = True
+                for b in range(nb):
+                    if not (abs(fc[b, t]) < np.inf):
+                        ok = False
+                if not ok:
                     for b in range(nb):
-                        df = abs(f[b, r, cc] - fc[b])
-                        if not (df < th[b]):
-                            good = False
-                            break
-                        s = s + df / den[b]
-                    if not good:
-                        continue
-                    dj = cc - j + w
-                    dd = dtab[di, dj] + extra
-                    key = (s + 1e-5) * (10.0 + dd / w)
-                    p = di * side + dj
-                    if n == nsim and not _less(key, dd, p, keys[n - 1], dist[n - 1], pos[n - 1]):
-                        continue
-                    # insertion into the sorted list of the best nsim candidates
-                    m = n if n < nsim else nsim - 1
-                    while m > 0 and _less(key, dd, p, keys[m - 1], dist[m - 1], pos[m - 1]):
-                        keys[m] = keys[m - 1]
-                        dist[m] = dist[m - 1]
-                        sval[m] = sval[m - 1]
-                        pos[m] = pos[m - 1]
-                        m -= 1
-                    keys[m] = key
-                    dist[m] = dd
-                    sval[m] = s
-                    pos[m] = p
-                    if n < nsim:
-                        n += 1
-            ncand[ii, jj] = n
-            if n == 0:  # xfusion guard (IDL fails on an empty index): F1 + own change
+                        out[b, ii, jj] = np.nan
+                    ncand[ii, jj] = 0
+                    continue
+                if not target[i, j]:
+                    for b in range(nb):
+                        out[b, ii, jj] = fc[b, t]
+                    ncand[ii, jj] = 0
+                    continue
+                q = cnt[t]
+                ncand[ii, jj] = q
+                if q == 0:  # xfusion guard (IDL fails on an empty index): F1 + own change
+                    for b in range(nb):
+                        out[b, ii, jj] = fc[b, t] + d21[b, i, j]
+                else:
+                    if q < nsim:  # fewer candidates than slots: sort them now
+                        for a in range(1, q):
+                            ka = keys[t, a]
+                            pa = pos[t, a]
+                            z = a
+                            while z > 0 and _before(ka, pa, keys[t, z - 1], pos[t, z - 1],
+                                                    dflat):  # fmt: skip
+                                keys[t, z] = keys[t, z - 1]
+                                pos[t, z] = pos[t, z - 1]
+                                z -= 1
+                            keys[t, z] = ka
+                            pos[t, z] = pa
+                    tot = 0.0
+                    for a in range(q):
+                        pa = pos[t, a]
+                        rr = i - w + pa // side
+                        cc = j - w + pa % side
+                        s = 0.0  # S again, as in the band passes
+                        for b in range(nb):
+                            s = s + abs(f[b, rr, cc] - fc[b, t]) / den[b, t]
+                        wts[a] = 1.0 / ((1.0 + (dflat[pa] + extra[t]) / w) * (s + 1.0))
+                        tot += wts[a]
+                    for b in range(nb):
+                        acc = 0.0
+                        for a in range(q):
+                            pa = pos[t, a]
+                            rr = i - w + pa // side
+                            cc = j - w + pa % side
+                            acc += (wts[a] / tot) * d21[b, rr, cc]
+                        out[b, ii, jj] = fc[b, t] + acc
                 for b in range(nb):
-                    out[b, ii, jj] = fc[b] + d21[b, i, j]
-            else:
-                tot = 0.0
-                for m in range(n):
-                    sval[m] = 1.0 / ((1.0 + dist[m] / w) * (sval[m] + 1.0))
-                    tot += sval[m]
-                for b in range(nb):
-                    acc = 0.0
-                    for m in range(n):
-                        rr = i - w + pos[m] // side
-                        cc = j - w + pos[m] % side
-                        acc += (sval[m] / tot) * d21[b, rr, cc]
-                    out[b, ii, jj] = fc[b] + acc
-            for b in range(nb):
-                v = out[b, ii, jj]
-                if v < lo:
-                    alt = max(lo, fc[b] + (c2[b, i, j] - c1[b, i, j]))
-                    out[b, ii, jj] = min(hi, alt)
-                elif v > hi:
-                    alt = min(hi, fc[b] + (c2[b, i, j] - c1[b, i, j]))
-                    out[b, ii, jj] = max(lo, alt)
+                    v = out[b, ii, jj]
+                    if v < lo:
+                        alt = max(lo, fc[b, t] + (c2[b, i, j] - c1[b, i, j]))
+                        out[b, ii, jj] = min(hi, alt)
+                    elif v > hi:
+                        alt = min(hi, fc[b, t] + (c2[b, i, j] - c1[b, i, j]))
+                        out[b, ii, jj] = max(lo, alt)
+
+
+def _window_offsets(w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Window offsets (di, dj) and their distances, nearest first (the order only affects
+    speed: the nearest pixels tend to be the most similar, so the lists fill early)."""
+    side = 2 * w + 1
+    di, dj = np.meshgrid(np.arange(-w, w + 1), np.arange(-w, w + 1), indexing="ij")
+    d = np.sqrt(di.astype(np.float64) ** 2 + dj.astype(np.float64) ** 2)
+    order = np.lexsort((((di + w) * side + (dj + w)).ravel(), d.ravel()))
+    return (np.ascontiguousarray(di.ravel()[order], np.int64),
+            np.ascontiguousarray(dj.ravel()[order], np.int64),
+            np.ascontiguousarray(d.ravel()[order]))  # fmt: skip
 
 
 class PredictResult(NamedTuple):
@@ -966,13 +1074,15 @@ def predict_block(
     nri, nci = h - top - bottom, wd - left - right
     th = np.ascontiguousarray(np.broadcast_to(np.asarray(thresholds, np.float64), (nb,)))
     w = int(half_window)
-    off = np.arange(-w, w + 1, dtype=np.float64)
-    dtab = np.sqrt(off[:, None] ** 2 + off[None, :] ** 2)
+    odi, odj, od = _window_offsets(w)
+    side = 2 * w + 1
+    dflat = np.sqrt(((np.arange(side * side) // side - w) ** 2
+                     + (np.arange(side * side) % side - w) ** 2).astype(np.float64))
     out = np.empty((nb, max(nri, 0), max(nci, 0)))
     ncand = np.zeros((max(nri, 0), max(nci, 0)), np.int32)
     if out.size == 0:
         return PredictResult(out, ncand)
-    _run_rows(_predict_rows, nri, _resolve_threads(threads), f, d, a1, a2, tg, th, dtab, w,
-              int(n_similar), float(data_range[0]), float(data_range[1]), top, left, nri, nci,
-              out, ncand)  # fmt: skip
+    _run_rows(_predict_rows, nri, _resolve_threads(threads), f, d, a1, a2, tg, th, odi, odj, od,
+              dflat, w, int(n_similar), float(data_range[0]), float(data_range[1]), top, left, nri,
+              nci, _SEGMENT, out, ncand)  # fmt: skip
     return PredictResult(out, ncand)

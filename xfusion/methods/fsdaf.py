@@ -337,11 +337,10 @@ def _is_dask(a: Any) -> bool:
 
 
 def _std_parts(block: np.ndarray) -> np.ndarray:
-    """Exact moment partials of each band of a (B, y, x) block: (B, 1, 1, _PARTS)."""
+    """Exact moment partials of each band of a (B, y, x) block: (B, 1, _PARTS)."""
     from xfusion.methods.starfm import _moment_parts
 
-    out = _moment_parts(block[None], lo=-math.inf, hi=math.inf, fill=None)[0]
-    return out[:, None]
+    return _moment_parts(block[None], lo=-math.inf, hi=math.inf, fill=None)[0]
 
 
 def _std_from_parts(parts: np.ndarray) -> np.ndarray:
