@@ -212,12 +212,13 @@ def ref_block(f1, c1, c2, labels, *, s, w, n_pure, data_range, change_quantiles,
         if not cvalid[c]:
             continue
         for b in range(nb):
-            pred = np.mean(np.array([l21[b, i, j] - f1k[b, i, j] if blab[i, j] > 0 else 0.0
-                                     for (i, j) in px]))  # fmt: skip
-            big_r = dc[b, c] - pred
             pp = [(i, j) for (i, j) in px if ok[i, j]]
             if not pp:
                 continue
+            # mean class change over the observed pixels (label 0: unchanged)
+            pred = np.mean(np.array([l21[b, i, j] - f1k[b, i, j] if blab[i, j] > 0 else 0.0
+                                     for (i, j) in pp]))  # fmt: skip
+            big_r = dc[b, c] - pred
             e = np.array([l2tps[b, i, j] - l21[b, i, j] for (i, j) in pp])
             if big_r <= 0:
                 e[e > 0] = 0

@@ -747,7 +747,11 @@ def change_block(
     for k in range(kcls):
         add[:, blab == k + 1] = delta[:, k : k + 1]
     l21 = f1k + add
-    pred_change = np.einsum("bk,kyx->byx", delta, frac_raw)  # C2p_c - F1c
+    # C2p_c - F1c: the mean class change over the cell's observed pixels (label-0 pixels
+    # count as unchanged, as IDL's background; NaN pixels are unobserved and left out)
+    n_obs = _cells(okf[None].astype(np.float64), s, ncy, ncx, 0.0)[0].sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pred_change = np.einsum("bk,kyx->byx", delta, frac_raw * (n_c / n_obs))
 
     # step 9: bounds of the t2 prediction
     lo_dr, hi_dr = data_range
