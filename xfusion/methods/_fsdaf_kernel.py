@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -71,6 +72,8 @@ _FMAX = float(np.finfo(np.float64).max)
 
 #: Centres processed together by the similar-pixel kernel (one vectorised pass per offset).
 _SEGMENT = 128
+#: A centre first admits keys up to this factor times the n-th key of the centre above it.
+_MARGIN = 2.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,9 +107,9 @@ def clamp_outliers(
     n = v.size
     if n == 0:
         return v
-    srt = np.sort(v)
-    qlo = srt[quantile_index(n, quantiles[0])]
-    qhi = srt[quantile_index(n, quantiles[1])]
+    klo, khi = quantile_index(n, quantiles[0]), quantile_index(n, quantiles[1])
+    part = np.partition(v, sorted({klo, khi}))  # the two order statistics, O(n)
+    qlo, qhi = part[klo], part[khi]
     lo, hi = data_range
     small = (v <= qlo) | (v < lo)
     rest = v[(v > qlo) & (v >= lo)]
@@ -282,17 +285,41 @@ def isodata_fit(
     return np.ascontiguousarray(centers[order])
 
 
+@njit(cache=True, nogil=True)
+def _classify_kernel(f, centers, out):  # type: ignore[no-untyped-def]
+    nb, h, w = f.shape
+    k = centers.shape[0]
+    for i in range(h):
+        for j in range(w):
+            ok = True
+            for b in range(nb):
+                if not (abs(f[b, i, j]) < np.inf):
+                    ok = False
+            if not ok:
+                out[i, j] = 0
+                continue
+            best = np.inf
+            arg = 0
+            for c in range(k):
+                d = 0.0
+                for b in range(nb):
+                    x = f[b, i, j] - centers[c, b]
+                    d += x * x
+                if d < best:
+                    best = d
+                    arg = c
+            out[i, j] = arg + 1
+
+
 def classify(fine: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Label every pixel of ``fine`` (bands, y, x) with its nearest centre, 1-based; 0 where
-    any band is NaN (background) or when there is no centre."""
-    f = np.asarray(fine, dtype=np.float64)
-    nb = f.shape[0]
+    """Label every pixel of ``fine`` (bands, y, x) with its nearest centre (squared
+    Euclidean distance, ties to the lower index), 1-based; 0 where any band is NaN
+    (background) or when there is no centre."""
+    f = np.ascontiguousarray(fine, dtype=np.float64)
     out = np.zeros(f.shape[1:], np.int32)
     if centers.shape[0] == 0:
         return out
-    ok = np.all(np.isfinite(f), axis=0)
-    px = f.reshape(nb, -1).T[ok.ravel()]
-    out[ok] = _assign(px, np.asarray(centers, np.float64)) + 1
+    _classify_kernel(f, np.ascontiguousarray(centers, np.float64), out)
     return out
 
 
@@ -300,29 +327,54 @@ def classify(fine: np.ndarray, centers: np.ndarray) -> np.ndarray:
 # step 6: homogeneity index (box sums of one-hot class maps)
 
 
+@njit(cache=True, nogil=True)
+def _hi_kernel(lab, ncls, w, out):  # type: ignore[no-untyped-def]
+    h, wd = lab.shape
+    # per class: column counts over the window rows (slid down the image), then running
+    # sums of them along the row, so each pixel reads its window count in O(1)
+    colsum = np.zeros((ncls, wd), np.int64)
+    run = np.zeros((ncls, wd + 1), np.int64)
+    for r in range(min(w, h - 1) + 1):
+        for c in range(wd):
+            colsum[lab[r, c], c] += 1
+    for i in range(h):
+        if i > 0:
+            top = i - w - 1
+            bot = i + w
+            if top >= 0:
+                for c in range(wd):
+                    colsum[lab[top, c], c] -= 1
+            if bot < h:
+                for c in range(wd):
+                    colsum[lab[bot, c], c] += 1
+        for k in range(ncls):
+            acc = 0
+            for c in range(wd):
+                acc += colsum[k, c]
+                run[k, c + 1] = acc
+        nrow = min(h - 1, i + w) - max(0, i - w) + 1
+        for j in range(wd):
+            c0 = max(0, j - w)
+            c1 = min(wd - 1, j + w) + 1
+            out[i, j] = (run[lab[i, j], c1] - run[lab[i, j], c0]) / (nrow * (c1 - c0))
+
+
 def heterogeneity_index(labels: np.ndarray, half_window: int) -> np.ndarray:
     """HI(x): share of the pixels of the window (clipped to the array) with the class of x.
 
-    ``labels`` is an integer map (0 included: background is a class of its own here, as in
-    the IDL program). Exact integer box sums, O(classes) per pixel.
+    ``labels`` is an integer map >= 0 (0 included: background is a class of its own here, as
+    in the IDL program). Exact integer counts (window column sums slid down the rows).
     """
     lab = np.asarray(labels)
-    h, w = lab.shape
-    r = np.arange(h)
-    c = np.arange(w)
-    r0 = np.maximum(r - half_window, 0)
-    r1 = np.minimum(r + half_window, h - 1) + 1
-    c0 = np.maximum(c - half_window, 0)
-    c1 = np.minimum(c + half_window, w - 1) + 1
-    area = ((r1 - r0)[:, None] * (c1 - c0)[None, :]).astype(np.float64)
-    same = np.zeros((h, w), np.int64)
-    for k in np.unique(lab):
-        onehot = (lab == k).astype(np.int64)
-        ii = np.zeros((h + 1, w + 1), np.int64)
-        ii[1:, 1:] = onehot.cumsum(0).cumsum(1)
-        box = ii[r1][:, c1] - ii[r0][:, c1] - ii[r1][:, c0] + ii[r0][:, c0]
-        same += np.where(lab == k, box, 0)
-    return same / area
+    if lab.size and lab.min() >= 0 and lab.max() <= 4 * lab.size:
+        dense = np.ascontiguousarray(lab, np.int64)
+    else:
+        _, inv = np.unique(lab, return_inverse=True)
+        dense = np.ascontiguousarray(inv.reshape(lab.shape), np.int64)
+    out = np.empty(lab.shape, np.float64)
+    if lab.size:
+        _hi_kernel(dense, int(dense.max()) + 1, int(half_window), out)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,13 +482,19 @@ def _phi(r: np.ndarray) -> np.ndarray:
     return np.where(r > 0, out, 0.0)
 
 
+# LU factorisations of recent spline systems: interior blocks share one control lattice
+_LU_CACHE: dict[bytes, Any] = {}
+_LU_LOCK = threading.Lock()
+
+
 def tps_fit(points: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Coefficients of the exact thin-plate spline through ``points`` (n, 2) → ``values``.
 
     ``values`` is ``(n,)`` or ``(n, m)`` (several right-hand sides share one LU
     factorisation). Returns ``(w, a)``: kernel weights ``(n, m)`` and affine coefficients
     ``(3, m)`` (``a0 + a1 * p0 + a2 * p1``), or None when the points do not determine an
-    affine function (fewer than 3, or all on one line).
+    affine function (fewer than 3, or all on one line). The LU factorisation of the system
+    is kept for the last few point sets (blocks of one size share their control lattice).
     """
     from scipy.linalg import lu_factor, lu_solve
 
@@ -449,14 +507,23 @@ def tps_fit(points: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndar
     aff = np.column_stack([np.ones(n), p])
     if np.linalg.matrix_rank(aff) < 3:
         return None
-    r = np.sqrt(((p[:, None, :] - p[None, :, :]) ** 2).sum(-1))
-    a = np.zeros((n + 3, n + 3))
-    a[:n, :n] = _phi(r)
-    a[:n, n:] = aff
-    a[n:, :n] = aff.T
+    key = p.tobytes()
+    with _LU_LOCK:
+        lu = _LU_CACHE.get(key)
+    if lu is None:
+        r = np.sqrt(((p[:, None, :] - p[None, :, :]) ** 2).sum(-1))
+        a = np.zeros((n + 3, n + 3))
+        a[:n, :n] = _phi(r)
+        a[:n, n:] = aff
+        a[n:, :n] = aff.T
+        lu = lu_factor(a, overwrite_a=True, check_finite=False)
+        with _LU_LOCK:
+            _LU_CACHE[key] = lu
+            while len(_LU_CACHE) > 4:
+                _LU_CACHE.pop(next(iter(_LU_CACHE)))
     rhs = np.zeros((n + 3, vv.shape[1]))
     rhs[:n] = vv
-    sol = lu_solve(lu_factor(a, check_finite=False), rhs, check_finite=False)
+    sol = lu_solve(lu, rhs, check_finite=False)
     return sol[:n], sol[n:]
 
 
@@ -827,21 +894,38 @@ def _before(k1, p1, k2, p2, dflat):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _band_pass(fr, fc, den, sb, th, n):  # type: ignore[no-untyped-def]
+def _band_pass(fr, fc, den, sb, th, n, first):  # type: ignore[no-untyped-def]
     # one band, one window offset, n centres: S += |df| / den, or +inf when |df| >= th
-    for t in range(n):
-        df = abs(fr[t] - fc[t])
-        sb[t] = sb[t] + (df / den[t] if df < th else np.inf)
+    if first:
+        for t in range(n):
+            df = abs(fr[t] - fc[t])
+            sb[t] = 0.0 + (df / den[t] if df < th else np.inf)
+    else:
+        for t in range(n):
+            df = abs(fr[t] - fc[t])
+            sb[t] = sb[t] + (df / den[t] if df < th else np.inf)
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _key_pass(sb, extra, kmax, kb, d, w, n):  # type: ignore[no-untyped-def]
-    # rank keys of one window offset for n centres; returns how many may enter their lists
+def _key_pass(fr, fc, den, sb, th, extra, kmax, kb, d, w, n, first):  # type: ignore[no-untyped-def]  # fmt: skip
+    # the last band's pass fused with the rank keys; returns how many keys may enter lists
     hits = 0
-    for t in range(n):
-        key = (sb[t] + 1e-5) * (10.0 + (d + extra[t]) / w)
-        kb[t] = key
-        hits += key <= kmax[t]
+    if first:
+        for t in range(n):
+            df = abs(fr[t] - fc[t])
+            s = 0.0 + (df / den[t] if df < th else np.inf)
+            sb[t] = s
+            key = (s + 1e-5) * (10.0 + (d + extra[t]) / w)
+            kb[t] = key
+            hits += key <= kmax[t]
+    else:
+        for t in range(n):
+            df = abs(fr[t] - fc[t])
+            s = sb[t] + (df / den[t] if df < th else np.inf)
+            sb[t] = s
+            key = (s + 1e-5) * (10.0 + (d + extra[t]) / w)
+            kb[t] = key
+            hits += key <= kmax[t]
     return hits
 
 
@@ -855,13 +939,74 @@ def _compact(kb, kmax, idx, t0, n):  # type: ignore[no-untyped-def]
     return m
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _insert(keys, pos, cnt, kmax, t, key, p, nsim, dflat):  # type: ignore[no-untyped-def]
+    # offer candidate (key, p) to the sorted list of centre t (the nsim best so far)
+    q = cnt[t]
+    if q < nsim:  # filling: append; sort once full
+        keys[t, q] = key
+        pos[t, q] = p
+        q += 1
+        cnt[t] = q
+        if q == nsim:
+            _sort_list(keys, pos, t, nsim, dflat)
+            kmax[t] = min(kmax[t], keys[t, nsim - 1])
+        return
+    if not _before(key, p, keys[t, nsim - 1], pos[t, nsim - 1], dflat):
+        return
+    z = nsim - 1
+    while z > 0 and _before(key, p, keys[t, z - 1], pos[t, z - 1], dflat):
+        keys[t, z] = keys[t, z - 1]
+        pos[t, z] = pos[t, z - 1]
+        z -= 1
+    keys[t, z] = key
+    pos[t, z] = p
+    kmax[t] = keys[t, nsim - 1]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sort_list(keys, pos, t, q, dflat):  # type: ignore[no-untyped-def]
+    for a in range(1, q):
+        ka = keys[t, a]
+        pa = pos[t, a]
+        z = a
+        while z > 0 and _before(ka, pa, keys[t, z - 1], pos[t, z - 1], dflat):
+            keys[t, z] = keys[t, z - 1]
+            pos[t, z] = pos[t, z - 1]
+            z -= 1
+        keys[t, z] = ka
+        pos[t, z] = pa
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _scan_centre(f, i, j, t, fc, den, th, extra, w, nsim, keys, pos, cnt, kmax, dflat):  # type: ignore[no-untyped-def]  # fmt: skip
+    # every candidate of one centre, one at a time (the same arithmetic as the passes)
+    nb, h, wd = f.shape
+    side = 2 * w + 1
+    cnt[t] = 0
+    kmax[t] = _FMAX
+    for r in range(max(0, i - w), min(h - 1, i + w) + 1):
+        for c in range(max(0, j - w), min(wd - 1, j + w) + 1):
+            s = 0.0
+            for b in range(nb):
+                df = abs(f[b, r, c] - fc[b, t])
+                s = s + (df / den[b, t] if df < th[b] else np.inf)
+            p = (r - i + w) * side + (c - j + w)
+            key = (s + 1e-5) * (10.0 + (dflat[p] + extra[t]) / w)
+            if key <= kmax[t]:
+                _insert(keys, pos, cnt, kmax, t, key, p, nsim, dflat)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _predict_rows(f, d21, c1, c2, target, th, odi, odj, od, dflat, w, nsim, lo, hi, r0, c0,
-                  nri, nci, seg, out, ncand, i0, i1):  # type: ignore[no-untyped-def]  # fmt: skip
+                  nri, nci, seg, margin, out, ncand, i0, i1):  # type: ignore[no-untyped-def]  # fmt: skip
     # Rows i0..i1 of the interior. Centres are taken in segments of `seg` pixels of a row;
     # for each window offset (nearest first) the candidate of centre t is pixel t + dj of
     # one row, so the band and key passes are contiguous, vectorised loops; the few keys
     # that can enter a centre's sorted list of the nsim best are then inserted one by one.
+    # A centre only admits keys <= margin * (the nsim-th key of the centre above it): when
+    # its list still fills up, that bound was above its true nsim-th key and the list is
+    # exact; otherwise the centre is scanned again without a bound.
     nb, h, wd = f.shape
     side = 2 * w + 1
     noff = odi.size
@@ -869,6 +1014,7 @@ def _predict_rows(f, d21, c1, c2, target, th, odi, odj, od, dflat, w, nsim, lo, 
     pos = np.empty((seg, nsim), np.int64)
     cnt = np.zeros(seg, np.int64)
     kmax = np.empty(seg)
+    guess = np.zeros(seg, np.bool_)
     fc = np.empty((nb, seg))
     den = np.empty((nb, seg))
     extra = np.empty(seg)
@@ -876,8 +1022,11 @@ def _predict_rows(f, d21, c1, c2, target, th, odi, odj, od, dflat, w, nsim, lo, 
     kb = np.empty(seg)
     idx = np.empty(seg, np.int64)
     wts = np.empty(nsim)
+    above = np.full(nci, _FMAX)  # nsim-th key of the centres in the row above
+    below = np.full(nci, _FMAX)  # ... of this row (the next row's `above`)
     for ii in range(i0, i1):
         i = r0 + ii
+        above, below = below, above
         rowclip = (i - w < 0) or (i + w > h - 1)
         for s0 in range(0, nci, seg):
             n = min(seg, nci - s0)
@@ -892,7 +1041,15 @@ def _predict_rows(f, d21, c1, c2, target, th, odi, odj, od, dflat, w, nsim, lo, 
                     if not (abs(v) < np.inf):
                         ok = False
                 cnt[t] = 0
-                kmax[t] = _FMAX if ok else -np.inf  # failed candidates have key +inf
+                g = above[s0 + t]
+                if s0 + t > 0:
+                    g = max(g, above[s0 + t - 1])
+                if s0 + t + 1 < nci:
+                    g = max(g, above[s0 + t + 1])
+                g = g * margin
+                guess[t] = ok and g < _FMAX
+                # failed candidates have key +inf: never admitted
+                kmax[t] = min(_FMAX, g) if ok else -np.inf
                 clip = rowclip or (j - w < 0) or (j + w > wd - 1)
                 extra[t] = 1e-5 if clip else 0.0
             for o in range(noff):
@@ -908,50 +1065,25 @@ def _predict_rows(f, d21, c1, c2, target, th, odi, odj, od, dflat, w, nsim, lo, 
                     continue
                 x0 = j0 + dj + tlo
                 sbv = sb[tlo:thi]
-                sbv[:] = 0.0
-                for b in range(nb):
+                for b in range(nb - 1):
                     _band_pass(f[b, r, x0 : x0 + m], fc[b, tlo:thi], den[b, tlo:thi], sbv,
-                               th[b], m)  # fmt: skip
-                if _key_pass(sbv, extra[tlo:thi], kmax[tlo:thi], kb[tlo:thi], od[o], w, m) == 0:
+                               th[b], m, b == 0)  # fmt: skip
+                b = nb - 1
+                if _key_pass(f[b, r, x0 : x0 + m], fc[b, tlo:thi], den[b, tlo:thi], sbv, th[b],
+                             extra[tlo:thi], kmax[tlo:thi], kb[tlo:thi], od[o], w, m,
+                             nb == 1) == 0:  # fmt: skip
                     continue
                 p = (di + w) * side + (dj + w)
                 nh = _compact(kb[tlo:thi], kmax[tlo:thi], idx, tlo, m)
                 for u in range(nh):
                     t = idx[u]
-                    key = kb[t]
-                    q = cnt[t]
-                    if q < nsim:  # filling: append; sort once full
-                        keys[t, q] = key
-                        pos[t, q] = p
-                        q += 1
-                        cnt[t] = q
-                        if q == nsim:
-                            for a in range(1, nsim):
-                                ka = keys[t, a]
-                                pa = pos[t, a]
-                                z = a
-                                while z > 0 and _before(ka, pa, keys[t, z - 1], pos[t, z - 1],
-                                                        dflat):  # fmt: skip
-                                    keys[t, z] = keys[t, z - 1]
-                                    pos[t, z] = pos[t, z - 1]
-                                    z -= 1
-                                keys[t, z] = ka
-                                pos[t, z] = pa
-                            kmax[t] = keys[t, nsim - 1]
-                        continue
-                    if not _before(key, p, keys[t, nsim - 1], pos[t, nsim - 1], dflat):
-                        continue
-                    z = nsim - 1
-                    while z > 0 and _before(key, p, keys[t, z - 1], pos[t, z - 1], dflat):
-                        keys[t, z] = keys[t, z - 1]
-                        pos[t, z] = pos[t, z - 1]
-                        z -= 1
-                    keys[t, z] = key
-                    pos[t, z] = p
-                    kmax[t] = keys[t, nsim - 1]
+                    _insert(keys, pos, cnt, kmax, t, kb[t], p, nsim, dflat)
             for t in range(n):
                 jj = s0 + t
                 j = j0 + t
+                if guess[t] and cnt[t] < nsim:  # the bound was too low: scan again
+                    _scan_centre(f, i, j, t, fc, den, th, extra, w, nsim, keys, pos, cnt, kmax,
+                                 dflat)  # fmt: skip
                 ok = True
                 for b in range(nb):
                     if not (abs(fc[b, t]) < np.inf):
@@ -960,30 +1092,23 @@ def _predict_rows(f, d21, c1, c2, target, th, odi, odj, od, dflat, w, nsim, lo, 
                     for b in range(nb):
                         out[b, ii, jj] = np.nan
                     ncand[ii, jj] = 0
+                    below[jj] = _FMAX
                     continue
                 if not target[i, j]:
                     for b in range(nb):
                         out[b, ii, jj] = fc[b, t]
                     ncand[ii, jj] = 0
+                    below[jj] = _FMAX
                     continue
                 q = cnt[t]
                 ncand[ii, jj] = q
+                below[jj] = keys[t, nsim - 1] if q == nsim else _FMAX
                 if q == 0:  # xfusion guard (IDL fails on an empty index): F1 + own change
                     for b in range(nb):
                         out[b, ii, jj] = fc[b, t] + d21[b, i, j]
                 else:
                     if q < nsim:  # fewer candidates than slots: sort them now
-                        for a in range(1, q):
-                            ka = keys[t, a]
-                            pa = pos[t, a]
-                            z = a
-                            while z > 0 and _before(ka, pa, keys[t, z - 1], pos[t, z - 1],
-                                                    dflat):  # fmt: skip
-                                keys[t, z] = keys[t, z - 1]
-                                pos[t, z] = pos[t, z - 1]
-                                z -= 1
-                            keys[t, z] = ka
-                            pos[t, z] = pa
+                        _sort_list(keys, pos, t, q, dflat)
                     tot = 0.0
                     for a in range(q):
                         pa = pos[t, a]
@@ -1088,5 +1213,5 @@ def predict_block(
         return PredictResult(out, ncand)
     _run_rows(_predict_rows, nri, _resolve_threads(threads), f, d, a1, a2, tg, th, odi, odj, od,
               dflat, w, int(n_similar), float(data_range[0]), float(data_range[1]), top, left, nri,
-              nci, _SEGMENT, out, ncand)  # fmt: skip
+              nci, _SEGMENT, _MARGIN, out, ncand)  # fmt: skip
     return PredictResult(out, ncand)
