@@ -297,3 +297,35 @@ def test_unidentified_class_takes_the_block_mean_change():
     assert un.identified[0].tolist() == [True, False]
     assert un.delta[0, 1] == pytest.approx(23.0)
     assert 10.0 <= un.delta[0, 0] <= 12.0
+
+
+@pytest.mark.parametrize("margin", [0.3, 1.0])
+def test_admission_bound_never_changes_the_result(monkeypatch, margin):
+    """Centres first admit keys up to margin x the n-th key of the centres above; a bound
+    that is too low is detected (the list does not fill) and the centre is rescanned."""
+    rng = np.random.default_rng(16)
+    f1, c1, c2, cls, _ = make_scene(rng, nb=2, shape=(40, 44), s=8, nan_px=4)
+    d21 = rng.normal(0, 50, f1.shape)
+    th = np.array([400.0, 350.0])
+    kw = {"thresholds": th, "half_window": 5, "n_similar": 12}
+    monkeypatch.setattr(K, "_MARGIN", 1e300)  # effectively no bound
+    free = K.predict_block(f1, d21, c1, c2, cls > 0, **kw)
+    monkeypatch.setattr(K, "_MARGIN", margin)
+    bounded = K.predict_block(f1, d21, c1, c2, cls > 0, **kw)
+    np.testing.assert_array_equal(bounded.prediction, free.prediction)
+    np.testing.assert_array_equal(bounded.n_similar, free.n_similar)
+
+
+def test_block_stage_is_thread_safe():
+    """Blocks of one lattice share a cached spline LU; blocks on 1 or 3 threads agree.
+
+    (scipy's lu_solve corrupts results when threads solve with the SAME LU arrays at once;
+    the cache hands out copies.)"""
+    rng = np.random.default_rng(17)
+    f1, c1, c2, cls, _ = make_scene(rng, nb=2, shape=(64, 64), s=8)
+    params = F.replace(F.FSDAF_PRESETS["zhu"], half_window=4, block_cells=2, scale_factor=8)
+    lab = F._mask_labels(cls[None], f1)
+    kw = {"params": params, "s": 8, "class_change": None}
+    one = F._change_numpy(f1, c1, c2, lab, **kw, threads=1)
+    for _ in range(3):
+        np.testing.assert_array_equal(F._change_numpy(f1, c1, c2, lab, **kw, threads=3), one)

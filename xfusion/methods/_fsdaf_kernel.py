@@ -523,7 +523,9 @@ def tps_fit(points: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndar
                 _LU_CACHE.pop(next(iter(_LU_CACHE)))
     rhs = np.zeros((n + 3, vv.shape[1]))
     rhs[:n] = vv
-    sol = lu_solve(lu, rhs, check_finite=False)
+    # a private copy: scipy's lu_solve is not safe on LU arrays shared by threads solving at
+    # the same time (wrong results, heap corruption with scipy 1.17 / OpenBLAS)
+    sol = lu_solve((lu[0].copy(), lu[1].copy()), rhs, check_finite=False)
     return sol[:n], sol[n:]
 
 

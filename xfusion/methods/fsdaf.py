@@ -429,10 +429,10 @@ def _fit_centers(sample: np.ndarray, *, params: FsdafParams, n_total: int) -> np
     )  # fmt: skip
 
 
-def _classify_block(f1: np.ndarray, centers: np.ndarray) -> np.ndarray:
+def _classify_block(f1: np.ndarray, centers: np.ndarray, dtype: str = "uint8") -> np.ndarray:
     from xfusion.methods._fsdaf_kernel import classify
 
-    return classify(f1, centers)[None]
+    return classify(f1, centers)[None].astype(dtype)
 
 
 def _mask_labels(lab: np.ndarray, f1: np.ndarray) -> np.ndarray:
@@ -472,14 +472,14 @@ def _block_bounds(n: int, bs: int, s: int) -> list[tuple[int, int, int, int]]:
 def _change_task(f1: np.ndarray, c1: np.ndarray, c2: np.ndarray, lab: np.ndarray, *extra: Any,
                  halos: tuple[tuple[int, int], ...] | None = None,
                  halos_x: tuple[tuple[int, int], ...] | None = None, halo: Any = None,
-                 params: FsdafParams, s: int,
+                 params: FsdafParams, s: int, with_hi: bool = True,
                  block_info: dict[Any, Any] | None = None) -> np.ndarray:  # fmt: skip
-    """Steps 3-12 on one padded block → (B + 1, core): delta21 bands and HI."""
+    """Steps 3-12 on one padded block → (B [+ 1], core): delta21 bands [and HI]."""
     from xfusion.methods._fsdaf_kernel import change_block
 
     if halo is None:
         if block_info is None or None not in block_info:  # meta probing
-            return np.zeros((f1.shape[0] + 1, 0, 0))
+            return np.zeros((f1.shape[0] + with_hi, 0, 0))
         iy, ix = block_info[None]["chunk-location"][-2:]
         assert halos is not None and halos_x is not None
         halo = (*halos[iy], *halos_x[ix])
@@ -491,6 +491,8 @@ def _change_task(f1: np.ndarray, c1: np.ndarray, c2: np.ndarray, lab: np.ndarray
         max_weight=params.max_weight, interpolator=params.interpolator,
         class_change=class_change,
     )  # fmt: skip
+    if not with_hi:
+        return res.delta21
     return np.concatenate([res.delta21, res.hi[None]], axis=0)
 
 
@@ -557,18 +559,36 @@ def _global_unmix(stats: list[Any], params: FsdafParams) -> np.ndarray:
 
 
 def _change_numpy(f1: np.ndarray, c1: np.ndarray, c2: np.ndarray, lab: np.ndarray, *,
-                  params: FsdafParams, s: int, class_change: np.ndarray | None) -> np.ndarray:  # fmt: skip
+                  params: FsdafParams, s: int, class_change: np.ndarray | None,
+                  with_hi: bool = True, threads: int | None = None) -> np.ndarray:  # fmt: skip
+    """Steps 3-12 over every FSDAF block of in-memory arrays (blocks run on threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from xfusion.methods._fsdaf_kernel import _resolve_threads
+
     nb, ny, nx = f1.shape
     bs = params.block_cells * s
-    out = np.empty((nb + 1, ny, nx))
-    for ya, yb, yt, ybt in _block_bounds(ny, bs, s):
-        for xa, xb, xl, xrt in _block_bounds(nx, bs, s):
-            sl = (slice(None), slice(ya - yt, yb + ybt), slice(xa - xl, xb + xrt))
-            extra = (class_change,) if class_change is not None else ()
-            out[:, ya:yb, xa:xb] = _change_task(
-                f1[sl], c1[sl], c2[sl], lab[sl], *extra, halo=(yt, ybt, xl, xrt),
-                params=params, s=s,
-            )  # fmt: skip
+    out = np.empty((nb + with_hi, ny, nx))
+    extra = (class_change,) if class_change is not None else ()
+
+    def one(yb_: tuple[int, int, int, int], xb_: tuple[int, int, int, int]) -> None:
+        ya, yb, yt, ybt = yb_
+        xa, xb, xl, xrt = xb_
+        sl = (slice(None), slice(ya - yt, yb + ybt), slice(xa - xl, xb + xrt))
+        out[:, ya:yb, xa:xb] = _change_task(
+            f1[sl], c1[sl], c2[sl], lab[sl], *extra, halo=(yt, ybt, xl, xrt), params=params,
+            s=s, with_hi=with_hi,
+        )  # fmt: skip
+
+    jobs = [(a, b) for a in _block_bounds(ny, bs, s) for b in _block_bounds(nx, bs, s)]
+    nthreads = min(_resolve_threads(threads), len(jobs))
+    if nthreads <= 1:
+        for a, b in jobs:
+            one(a, b)
+    else:
+        with ThreadPoolExecutor(nthreads) as pool:
+            for fut in [pool.submit(one, a, b) for a, b in jobs]:
+                fut.result()
     return out
 
 
@@ -582,7 +602,7 @@ def _pad_blocks(a: Any, ybs: list[Any], xbs: list[Any]) -> Any:
 
 
 def _change_dask(f1: Any, c1: Any, c2: Any, lab: Any, *, params: FsdafParams, s: int,
-                 class_change: Any, token: str) -> Any:  # fmt: skip
+                 class_change: Any, token: str, with_hi: bool = True) -> Any:  # fmt: skip
     import dask.array as da
 
     nb, ny, nx = f1.shape
@@ -594,7 +614,7 @@ def _change_dask(f1: Any, c1: Any, c2: Any, lab: Any, *, params: FsdafParams, s:
         _change_task, *padded, *extra,
         halos=tuple((yt, ybt) for _, _, yt, ybt in ybs),
         halos_x=tuple((xl, xr) for _, _, xl, xr in xbs), params=params, s=s,
-        chunks=((nb + 1,), tuple(yb - ya for ya, yb, _, _ in ybs),
+        with_hi=with_hi, chunks=((nb + with_hi,), tuple(yb - ya for ya, yb, _, _ in ybs),
                 tuple(xb - xa for xa, xb, _, _ in xbs)),
         dtype=np.float64, meta=np.empty((0, 0, 0), np.float64),
         name=f"xfusion.{NAME}-change-{token}",
@@ -984,9 +1004,11 @@ change_quantiles, outlier_quantiles, max_weight
 
     def bands(arrays: list[Any], t: int) -> Any:
         out = xp.stack([a[t] for a in arrays])
+        # dask: the input dtype (the kernels compute in float64; held chunks stay small)
         return out.rechunk({0: -1}) if lazy else np.asarray(out, np.float64)
 
     # ---- global statistics per pair date ------------------------------------------------
+    lab_dtype = np.dtype(np.uint8 if params.max_classes <= 255 else np.int32)
     per_pair: dict[int, dict[str, Any]] = {}
     for u in sorted({int(p) for p in pidx}):
         f1 = bands(fine_data, u)
@@ -1001,13 +1023,13 @@ change_quantiles, outlier_quantiles, max_weight
                 centers = dask.delayed(_fit_centers, pure=True)(
                     sample, params=params, n_total=ny * nx,
                     dask_key_name=f"xfusion.{NAME}-isodata-{ptok}")  # fmt: skip
-                lab = da.map_blocks(_classify_block, f1, centers,
-                                    chunks=((1,), *f1.chunks[1:]), dtype=np.int32,
+                lab = da.map_blocks(_classify_block, f1, centers, dtype=lab_dtype,
+                                    chunks=((1,), *f1.chunks[1:]),
                                     meta=np.empty((0, 0, 0), np.int32),
                                     name=f"xfusion.{NAME}-classes-{ptok}")  # fmt: skip
             else:
                 centers = _fit_centers(sample, params=params, n_total=ny * nx)
-                lab = _classify_block(f1, centers)
+                lab = _classify_block(f1, centers, lab_dtype.str)
         else:
             if lazy:
                 cm = cmap.rechunk(f1.chunks[1:])[None]
@@ -1043,11 +1065,12 @@ change_quantiles, outlier_quantiles, max_weight
                                                        params))  # fmt: skip
         if lazy:
             ch = _change_dask(f1, c1, c2, lab, params=params, s=s, class_change=class_change,
-                              token=ttok)  # fmt: skip
-            ch = ch.rechunk(((nb + 1,), *spatial))
+                              token=ttok, with_hi=diagnostics)  # fmt: skip
+            ch = ch.rechunk(((nb + diagnostics,), *spatial))
             d21 = ch[:nb]
         else:
-            ch = _change_numpy(f1, c1, c2, lab, params=params, s=s, class_change=class_change)
+            ch = _change_numpy(f1, c1, c2, lab, params=params, s=s, class_change=class_change,
+                               with_hi=diagnostics)  # fmt: skip
             d21 = ch[:nb]
         if lazy:
             f1c = f1.rechunk(((nb,), *spatial))
@@ -1062,7 +1085,8 @@ change_quantiles, outlier_quantiles, max_weight
             kwargs={"params": params, "threads": threads},
         )  # fmt: skip
         preds.append(pred)
-        his.append(ch[nb])
+        if diagnostics:
+            his.append(ch[nb])
 
     data: dict[str, Any] = {}
     stacked = xp.stack(preds)  # (T, B, y, x)
