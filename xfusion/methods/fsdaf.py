@@ -914,13 +914,13 @@ change_quantiles, outlier_quantiles, max_weight
 
     Examples
     --------
-    >>> import xfusion
+    >>> from xfusion.methods.fsdaf import fsdaf
     >>> from xfusion.testing import synthetic_scene
     >>> scene = synthetic_scene((64, 64), kind="reflectance", times=3, fine_times=[0],
     ...                         coarse_factor=8, coarse_cloud_fraction=0.0, seed=1)
-    >>> pred = xfusion.fsdaf(scene, fine=["fine_red", "fine_nir"],
-    ...                      coarse=["coarse_red", "coarse_nir"], preset="reflectance",
-    ...                      half_window=8)
+    >>> pred = fsdaf(scene, fine=["fine_red", "fine_nir"],
+    ...              coarse=["coarse_red", "coarse_nir"], preset="reflectance",
+    ...              half_window=8)
     >>> pred.fine_red.dims, pred.sizes["time"]
     (('time', 'y', 'x'), 2)
     >>> truth = scene.truth_nir.sel(time=pred.time)
