@@ -909,36 +909,32 @@ def _band_pass(fr, fc, den, sb, th, n, first):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _key_pass(fr, fc, den, sb, th, extra, kmax, kb, d, w, n, first):  # type: ignore[no-untyped-def]  # fmt: skip
-    # the last band's pass fused with the rank keys; returns how many keys may enter lists
+def _key_pass(fr, fc, den, sb, th, clip, kmax, kb, flag, fac0, fac1, n, first):  # type: ignore[no-untyped-def]  # fmt: skip
+    # the last band's pass fused with the rank keys; flags (one byte per centre) and counts
+    # the keys that may enter their centre's list.
+    # fac0 = 10 + d / w and fac1 = 10 + (d + 1e-5) / w (clipped windows), per offset.
     hits = 0
     if first:
         for t in range(n):
             df = abs(fr[t] - fc[t])
             s = 0.0 + (df / den[t] if df < th else np.inf)
             sb[t] = s
-            key = (s + 1e-5) * (10.0 + (d + extra[t]) / w)
+            key = (s + 1e-5) * (fac1 if clip[t] else fac0)
             kb[t] = key
-            hits += key <= kmax[t]
+            hit = key <= kmax[t]
+            flag[t] = hit
+            hits += hit
     else:
         for t in range(n):
             df = abs(fr[t] - fc[t])
             s = sb[t] + (df / den[t] if df < th else np.inf)
             sb[t] = s
-            key = (s + 1e-5) * (10.0 + (d + extra[t]) / w)
+            key = (s + 1e-5) * (fac1 if clip[t] else fac0)
             kb[t] = key
-            hits += key <= kmax[t]
+            hit = key <= kmax[t]
+            flag[t] = hit
+            hits += hit
     return hits
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _compact(kb, kmax, idx, t0, n):  # type: ignore[no-untyped-def]
-    # indices t0 + t of the keys that may enter their lists, without branches
-    m = 0
-    for t in range(n):
-        idx[m] = t0 + t
-        m += kb[t] <= kmax[t]
-    return m
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -1020,9 +1016,11 @@ def _predict_rows(f, d21, c1, c2, target, th, odi, odj, od, dflat, w, nsim, lo, 
     fc = np.empty((nb, seg))
     den = np.empty((nb, seg))
     extra = np.empty(seg)
+    clipped = np.zeros(seg, np.bool_)
+    flag = np.zeros(((seg + 7) // 8) * 8, np.uint8)
+    flag64 = flag.view(np.uint64)
     sb = np.empty(seg)
     kb = np.empty(seg)
-    idx = np.empty(seg, np.int64)
     wts = np.empty(nsim)
     above = np.full(nci, _FMAX)  # nsim-th key of the centres in the row above
     below = np.full(nci, _FMAX)  # ... of this row (the next row's `above`)
@@ -1053,6 +1051,7 @@ def _predict_rows(f, d21, c1, c2, target, th, odi, odj, od, dflat, w, nsim, lo, 
                 # failed candidates have key +inf: never admitted
                 kmax[t] = min(_FMAX, g) if ok else -np.inf
                 clip = rowclip or (j - w < 0) or (j + w > wd - 1)
+                clipped[t] = clip
                 extra[t] = 1e-5 if clip else 0.0
             for o in range(noff):
                 di = odi[o]
@@ -1067,19 +1066,26 @@ def _predict_rows(f, d21, c1, c2, target, th, odi, odj, od, dflat, w, nsim, lo, 
                     continue
                 x0 = j0 + dj + tlo
                 sbv = sb[tlo:thi]
+                flag[:tlo] = 0
+                flag[thi:] = 0
                 for b in range(nb - 1):
                     _band_pass(f[b, r, x0 : x0 + m], fc[b, tlo:thi], den[b, tlo:thi], sbv,
                                th[b], m, b == 0)  # fmt: skip
                 b = nb - 1
+                d = od[o]
                 if _key_pass(f[b, r, x0 : x0 + m], fc[b, tlo:thi], den[b, tlo:thi], sbv, th[b],
-                             extra[tlo:thi], kmax[tlo:thi], kb[tlo:thi], od[o], w, m,
+                             clipped[tlo:thi], kmax[tlo:thi], kb[tlo:thi], flag[tlo:thi],
+                             10.0 + (d + 0.0) / w, 10.0 + (d + 1e-5) / w, m,
                              nb == 1) == 0:  # fmt: skip
                     continue
                 p = (di + w) * side + (dj + w)
-                nh = _compact(kb[tlo:thi], kmax[tlo:thi], idx, tlo, m)
-                for u in range(nh):
-                    t = idx[u]
-                    _insert(keys, pos, cnt, kmax, t, kb[t], p, nsim, dflat)
+                # the flagged centres, eight flag bytes at a time (most words are zero)
+                for u in range(tlo >> 3, ((thi + 7) >> 3)):
+                    if flag64[u] == 0:
+                        continue
+                    for t in range(max(u << 3, tlo), min((u << 3) + 8, thi)):
+                        if flag[t]:
+                            _insert(keys, pos, cnt, kmax, t, kb[t], p, nsim, dflat)
             for t in range(n):
                 jj = s0 + t
                 j = j0 + t
