@@ -111,8 +111,9 @@ def speed(threads: int = 2, repeats: int = 3) -> list[dict[str, Any]]:
         f1, c1, c2 = _speed_data(size, bands)
         thr = [similarity_threshold(f1[b]) for b in range(len(bands))]
 
-        def starfm() -> None:
-            for b in range(len(bands)):
+        def starfm(f1: np.ndarray = f1, c1: np.ndarray = c1, c2: np.ndarray = c2,
+                   thr: list[float] = thr) -> None:  # fmt: skip
+            for b in range(len(thr)):
                 starfm_block(f1[b], c1[b], c2[b], window=50, thresholds=thr[b],
                              distance_scale=25.0, threads=threads)  # fmt: skip
 
@@ -307,6 +308,8 @@ def accuracy(port: bool = True) -> dict[str, Any]:
             table[d] = {name: _metrics(p[t], tr, mask) for name, p in preds.items()}
             table[d]["_pixels"] = int(mask.sum())
         res["kranj"] = table
+        if port and PORT.exists():
+            res["kranj_parity_40x40"] = _kranj_parity(tmp, truth)
 
     # ---- synthetic600 -----------------------------------------------------------------
     s6 = DATA / "synthetic600"
@@ -332,6 +335,55 @@ def accuracy(port: bool = True) -> dict[str, Any]:
     return res
 
 
+def _kranj_parity(tmp: Path, truth: dict[str, np.ndarray]) -> dict[str, Any]:
+    """FSDAF and the port on the 40 x 40 corner of Kranj (whole cells at s = 4 and 8, so the
+    port's pooling of remainder pixels into cell 0 does not apply), with the port's classes."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from xfusion.methods.fsdaf import fsdaf
+
+    i16 = Path("/work/refs/data/kranj/i16")
+    crop = {}
+    for n in ("L_2020068", "M_2020068", "M_2020077", "M_2020093"):
+        dst = tmp / f"crop40_{n}.tif"
+        with rasterio.open(i16 / f"{n}.tif") as src:
+            prof = src.profile.copy()
+            win = Window(0, 0, 40, 40)
+            a = src.read(window=win)
+            prof.update(width=40, height=40, transform=src.window_transform(win))
+        if not dst.exists():
+            with rasterio.open(dst, "w", **prof) as d:
+                d.write(a)
+        crop[n] = np.where(a == -9999, np.nan, a).astype(np.float64)
+    cube = _cube(crop["L_2020068"], crop["M_2020068"], [crop["M_2020077"], crop["M_2020093"]],
+                 ["2020-03-08", "2020-03-17", "2020-04-02"])  # fmt: skip
+    fine = [f"fine{b}" for b in range(6)]
+    coarse = [f"coarse{b}" for b in range(6)]
+    out: dict[str, Any] = {}
+    for s in (4, 8):
+        ports = []
+        for d in ("077", "093"):
+            o = _run_port(tmp / "crop40_L_2020068.tif", tmp / "crop40_M_2020068.tif",
+                          tmp / f"crop40_M_2020{d}.tif", tmp / f"port_crop40_{d}_s{s}.tif", s)  # fmt: skip
+            assert o is not None
+            ports.append(_read(o))
+        cls = _port_classes(tmp / f"port_crop40_077_s{s}.tif")
+        pred = fsdaf(cube, fine=fine, coarse=coarse, scale_factor=s, classes=cls)
+        for t, d in enumerate(("077", "093")):
+            ours = np.stack([pred[f].values[t] for f in fine])
+            tr = truth[d][:, :40, :40]
+            mask = np.all(np.isfinite(tr), axis=0)
+            diff = np.abs(ours - ports[t])
+            out[f"s={s} 068->{d}"] = {
+                "rmse_fsdaf": float(np.mean(_metrics(ours, tr, mask)["rmse"])),
+                "rmse_port": float(np.mean(_metrics(ports[t], tr, mask)["rmse"])),
+                "max_abs_diff": float(np.nanmax(diff)), "mean_abs_diff": float(np.nanmean(diff)),
+                "p99_abs_diff": float(np.nanpercentile(diff, 99)),
+            }  # fmt: skip
+    return out
+
+
 def _print_accuracy(res: dict[str, Any]) -> None:
     def rows(table: dict[str, Any]) -> None:
         for name, m in table.items():
@@ -345,6 +397,8 @@ def _print_accuracy(res: dict[str, Any]) -> None:
     for d, table in res.get("kranj", {}).items():
         print(f"\nKranj 068 -> {d} ({table['_pixels']} px valid in all):")
         rows(table)
+    for k, v in res.get("kranj_parity_40x40", {}).items():
+        print(f"\nKranj 40x40, port's classes, {k}: " + ", ".join(f"{a} {b:.2f}" for a, b in v.items()))
     if "synthetic600" in res:
         print(f"\nsynthetic600 ({res['synthetic600']['_pixels']} px):")
         rows(res["synthetic600"])

@@ -117,11 +117,10 @@ def ref_block(f1, c1, c2, labels, *, s, w, n_pure, data_range, change_quantiles,
         f1k[b][ok] = ref_clamp(f1[b][ok], outlier_quantiles, data_range)
     # step 4-5: cells
     ncy, ncx = math.ceil(h / s), math.ceil(wd / s)
-    cells = []  # list of pixel lists (row-major inside the cell), cells in row-major order
-    for ci in range(ncy):
-        for cj in range(ncx):
-            cells.append([(i, j) for i in range(ci * s, min(h, ci * s + s))
-                          for j in range(cj * s, min(wd, cj * s + s))])  # fmt: skip
+    # pixel lists (row-major inside the cell), cells in row-major order
+    cells = [[(i, j) for i in range(ci * s, min(h, ci * s + s))
+              for j in range(cj * s, min(wd, cj * s + s))]
+             for ci in range(ncy) for cj in range(ncx)]  # fmt: skip
     ncell = len(cells)
     frac = np.zeros((kcls, ncell))
     frac_raw = np.zeros((kcls, ncell))
@@ -186,10 +185,7 @@ def ref_block(f1, c1, c2, labels, *, s, w, n_pure, data_range, change_quantiles,
         min_allow[b] = max(min(vals), lo_dr)
         max_allow[b] = min(max(vals), hi_dr)
     # step 10: TPS through valid cell centres (pixel units), or the mean
-    centres = []
-    for c in vc:
-        ci, cj = divmod(c, ncx)
-        centres.append((ci * s + (s - 1) / 2.0, cj * s + (s - 1) / 2.0))
+    centres = [((c // ncx) * s + (s - 1) / 2.0, (c % ncx) * s + (s - 1) / 2.0) for c in vc]
     query = [(i, j) for i in range(h) for j in range(wd)]
     l2tps = np.zeros((nb, h, wd))
     aff_rank = np.linalg.matrix_rank(np.array([[1.0, p, q] for p, q in centres])) if centres else 0

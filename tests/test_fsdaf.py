@@ -166,7 +166,7 @@ def test_chunk_invariance_with_isodata_on_a_real_scale_scene():
 
 
 def test_zero_change_gives_the_fine_image(scene):
-    f1, c1, _, cls, _ = scene
+    f1, c1, _, _, _ = scene
     ds = cube_from(f1, c1, c1.copy())
     fine, coarse = names(2)
     out = fsdaf(ds, fine=fine, coarse=coarse, scale_factor=8, half_window=4, block_cells=3)
@@ -281,7 +281,7 @@ def test_integer_io_truncates_and_fills(scene):
 
 
 def test_targets_pairs_and_presets(scene):
-    f1, c1, c2, cls, _ = scene
+    f1, c1, c2, _, _ = scene
     ds = cube_from(f1, c1, c2, extra_targets=2)
     fine, coarse = names(2)
     kw = {"fine": fine, "coarse": coarse, "scale_factor": 8, "half_window": 4}

@@ -81,8 +81,8 @@ def test_brute_force_background_label_and_few_similar():
     rng = np.random.default_rng(5)
     f1, c1, c2, cls, _ = make_scene(rng, nb=2, shape=(40, 40), s=8, nan_px=3)
     cls[5:9, 20:30] = 0
-    ref, rd21, _ = ref_fsdaf(f1, c1, c2, cls, s=8, w=3, n_similar=5, block_cells=3)
-    pred, d21, _ = fast_fsdaf(f1, c1, c2, cls, s=8, w=3, n_similar=5, block_cells=3)
+    ref, _, _ = ref_fsdaf(f1, c1, c2, cls, s=8, w=3, n_similar=5, block_cells=3)
+    pred, _, _ = fast_fsdaf(f1, c1, c2, cls, s=8, w=3, n_similar=5, block_cells=3)
     assert np.nanmax(np.abs(pred - ref)) < 1e-6
     ok = np.all(np.isfinite(f1), axis=0)
     bg = ok & (cls == 0)
@@ -207,7 +207,9 @@ def test_other_interpolators_run_and_stay_close(interpolator):
     tps, _, _ = fast_fsdaf(f1, c1, c2, cls, s=8, w=4, block_cells=3)
     other, _, _ = fast_fsdaf(f1, c1, c2, cls, s=8, w=4, block_cells=3, interpolator=interpolator)
     assert not np.array_equal(tps, other)
-    rmse = lambda p: np.sqrt(np.mean((p - f2) ** 2))  # noqa: E731
+    def rmse(p):
+        return np.sqrt(np.mean((p - f2) ** 2))
+
     assert rmse(other) < 1.5 * rmse(tps) + 5.0
 
 

@@ -881,8 +881,11 @@ change_quantiles, outlier_quantiles, max_weight
     standard deviation of the whole image and the global K (IDL: the block's standard
     deviation and the K of the last block processed). The window of step 13 is clipped by
     the image, not by the block. Cells cut by the image edge are cells of their own (IDL
-    pools them into the block's first cell). A cell with missing coarse data gives no
-    unmixing row, no spline control point and no residual. A class with no cell of
+    pools them into the block's first cell; their spline control point stays on the
+    coarse lattice). A cell with missing coarse data gives no unmixing row, no spline
+    control point and no residual. NaN fine pixels are unobserved: the predicted cell change
+    ``mean(L2_1 - F1)`` and the residual weights use the observed pixels only (IDL counts
+    background pixels as unchanged; pixels labelled 0 in ``classes=`` still are). A class with no cell of
     fraction > 0.01 is unmixed from the cells that contain it at all; a class with no usable
     cell in a block takes the block's mean coarse change (IDL fails). With no similar pixel
     (a constant image) ``F2 = F1 + delta21``. Ties of the similar-pixel ranking go to the
@@ -896,10 +899,13 @@ change_quantiles, outlier_quantiles, max_weight
     gives bit-identical results; a block task holds ~10 float64 planes of
     ``(block_cells * s + 2 s)^2`` pixels per band (about 20 MB per band at the defaults).
 
-    **Speed.** The thin-plate spline is solved once per block (LU shared by all bands) and
-    evaluated on the fine grid as ``s^2`` FFT convolutions of the coefficient lattice;
-    step 13 is a numba kernel over rows (``(2w+1)^2`` candidates per pixel, a 20-slot
-    sorted insertion list, the selection shared by all bands).
+    **Speed.** The thin-plate spline is solved once per block (LU shared by all bands,
+    reused by blocks with the same control lattice) and evaluated on the fine grid as
+    ``s^2`` FFT convolutions of the coefficient lattice; step 13 is a numba kernel over rows
+    (``(2w+1)^2`` candidates per pixel in vectorised passes over runs of centres, a sorted
+    list of the ``n_similar`` best per centre, the selection shared by all bands), threaded
+    like STARFM's kernel. In-memory cubes run the blocks on threads too. See
+    ``benchmarks/fsdaf_results.md`` for measured times next to STARFM.
 
     .. versionadded:: 0.2
 
