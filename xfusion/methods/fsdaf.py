@@ -469,12 +469,17 @@ def _block_bounds(n: int, bs: int, s: int) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def _change_task(f1: np.ndarray, c1: np.ndarray, c2: np.ndarray, lab: np.ndarray, *extra: Any,
-                 halos: tuple[tuple[int, int], ...] | None = None,
+def _change_task(f1: np.ndarray, c1: np.ndarray, c2: np.ndarray, lab: np.ndarray, gate: Any,
+                 class_change: Any = None, *, halos: tuple[tuple[int, int], ...] | None = None,
                  halos_x: tuple[tuple[int, int], ...] | None = None, halo: Any = None,
                  params: FsdafParams, s: int, with_hi: bool = True,
                  block_info: dict[Any, Any] | None = None) -> np.ndarray:  # fmt: skip
-    """Steps 3-12 on one padded block → (B [+ 1], core): delta21 bands [and HI]."""
+    """Steps 3-12 on one padded block → (B [+ 1], core): delta21 bands [and HI].
+
+    ``gate`` is unused: on dask it is the global statistics, so that no block runs before
+    them (otherwise dask computes every block while the statistics still wait for the last
+    input chunks, and holds all their outputs until the final step can start).
+    """
     from xfusion.methods._fsdaf_kernel import change_block
 
     if halo is None:
@@ -483,7 +488,6 @@ def _change_task(f1: np.ndarray, c1: np.ndarray, c2: np.ndarray, lab: np.ndarray
         iy, ix = block_info[None]["chunk-location"][-2:]
         assert halos is not None and halos_x is not None
         halo = (*halos[iy], *halos_x[ix])
-    class_change = extra[0] if extra else None
     res = change_block(
         f1, c1, c2, lab[0], s=s, halo=halo, half_window=params.half_window,
         n_pure=params.n_pure, data_range=params.data_range,
@@ -494,6 +498,120 @@ def _change_task(f1: np.ndarray, c1: np.ndarray, c2: np.ndarray, lab: np.ndarray
     if not with_hi:
         return res.delta21
     return np.concatenate([res.delta21, res.hi[None]], axis=0)
+
+
+def _gate(*_: Any) -> None:
+    """Dependency only (see :func:`_wave_dask`)."""
+
+
+def _pass_gate(block: np.ndarray, _: Any) -> np.ndarray:
+    return block
+
+
+def _tiny(block: np.ndarray) -> np.ndarray:
+    return np.zeros((1, 1, 1), np.int8)
+
+
+def _stats(std: np.ndarray, kcls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(std), np.asarray(kcls)
+
+
+def _predict_strip(f1: np.ndarray, d21: np.ndarray, c1: np.ndarray, c2: np.ndarray,
+                   lab: np.ndarray, stats: tuple[np.ndarray, np.ndarray], *, top: int,
+                   bottom: int, w: int, nxb: int, params: FsdafParams, threads: int | None,
+                   block_info: dict[Any, Any] | None = None) -> np.ndarray:  # fmt: skip
+    """Step 13 on one chunk of a block row: rows ``top:-bottom`` of the strip are the core,
+    columns carry an x-halo of ``w`` on their inner sides."""
+    if block_info is None or None not in block_info:  # meta probing
+        return np.zeros((f1.shape[0], 0, 0))
+    j = block_info[None]["chunk-location"][-1]
+    halo = (top, bottom, w if j > 0 else 0, w if j < nxb - 1 else 0)
+    return _predict_task(f1, d21, c1, c2, lab, stats[0], stats[1], halo_sides=halo,
+                         params=params, threads=threads)  # fmt: skip
+
+
+def _wave_dask(f1: Any, c1: Any, c2: Any, lab: Any, std: Any, kcls: Any, *,
+               params: FsdafParams, s: int, class_change: Any, token: str, diagnostics: bool,
+               threads: int | None) -> tuple[Any, Any]:  # fmt: skip
+    """Steps 3-13 on dask arrays, one FSDAF block row after the other.
+
+    Every block and pixel task waits for the global statistics; the blocks of row ``j``
+    also wait for the predictions of the last row that does not need them. Without these
+    edges dask's ordering computes every block as soon as its inputs exist (their outputs,
+    float64 changes of the whole image, then wait in memory for the last statistics) and
+    a 10000^2 image needs several GB; with them a few block rows are alive at a time.
+    """
+    import dask
+    import dask.array as da
+
+    nb, ny, nx = f1.shape
+    w = params.half_window
+    bsz = params.block_cells * s
+    ybs, xbs = _block_bounds(ny, bsz, s), _block_bounds(nx, bsz, s)
+    gridx = tuple(b - a for a, b, _, _ in xbs)
+    gate0 = dask.delayed(_gate, pure=True)(std, kcls, dask_key_name=f"xfusion.{NAME}-gate-{token}")
+    stats = dask.delayed(_stats, pure=True)(std, kcls, dask_key_name=f"xfusion.{NAME}-K-{token}")
+    g = [da.map_blocks(_pass_gate, a, gate0, dtype=a.dtype,
+                       name=f"xfusion.{NAME}-gated{k}-{token}")
+         for k, a in enumerate((f1, c1, c2, lab))]  # fmt: skip
+    xhalos = tuple((xl, xr) for _, _, xl, xr in xbs)
+    changes: list[Any] = []
+    preds: list[Any] = []
+    out_ch = nb + diagnostics
+
+    def change_row(j: int, gate: Any) -> Any:
+        ya, yb, yt, ybt = ybs[j]
+        # the block row with its halo rows; _pad_blocks adds the column halos
+        padded = [_pad_blocks(a[:, ya - yt : yb + ybt], [(yt, yt + yb - ya, yt, ybt)], xbs)
+                  for a in g]  # fmt: skip
+        return da.map_blocks(
+            _change_task, *padded, gate, class_change, halos=((yt, ybt),), halos_x=xhalos,
+            params=params, s=s, with_hi=diagnostics,
+            chunks=((out_ch,), (yb - ya,), gridx), dtype=np.float64,
+            meta=np.empty((0, 0, 0), np.float64), name=f"xfusion.{NAME}-change{j}-{token}",
+        )  # fmt: skip
+
+    def need(i: int) -> int:
+        """Last block row whose change the predictions of row i read."""
+        yb = ybs[i][1]
+        return max(k for k, (a, _, _, _) in enumerate(ybs) if a < min(ny, yb + w))
+
+    # x chunks of the pixel step: the block grid, a last chunk narrower than w merged
+    px = tuple(gridx) if sum(gridx) <= w or len(gridx) == 1 else tuple(
+        da.overlap.ensure_minimum_chunksize(w, gridx))  # fmt: skip
+    if sum(px) <= w:
+        px = (nx,)
+
+    def pred_row(i: int) -> Any:
+        ya, yb, _, _ = ybs[i]
+        r0, r1 = max(0, ya - w), min(ny, yb + w)
+        d21 = da.concatenate([c[:nb] for c in changes], axis=1)
+        strips = [a[:, r0:r1].rechunk((-1, -1, px)) for a in (g[0], d21, g[1], g[2], g[3])]
+        if len(px) > 1:
+            strips = [da.overlap.overlap(a, depth={0: 0, 1: 0, 2: w}, boundary="none")
+                      for a in strips]  # fmt: skip
+        return da.map_blocks(
+            _predict_strip, *strips, stats, top=ya - r0, bottom=r1 - yb, w=w, nxb=len(px),
+            params=params, threads=threads, chunks=((nb,), (yb - ya,), px),
+            dtype=np.float64, meta=np.empty((0, 0, 0), np.float64),
+            name=f"xfusion.{NAME}-predict{i}-{token}",
+        )  # fmt: skip
+
+    for j in range(len(ybs)):
+        # the latest prediction row that does not read row j's change
+        done = [i for i in range(len(preds)) if need(i) < j]
+        if done:
+            tiny = preds[done[-1]].map_blocks(_tiny, chunks=((1,), (1,), (1,) * len(px)),
+                                              dtype=np.int8)  # fmt: skip
+            gate = dask.delayed(_gate, pure=True)(gate0, tiny)
+        else:
+            gate = gate0
+        changes.append(change_row(j, gate))
+        while len(preds) < len(ybs) and need(len(preds)) <= j:
+            preds.append(pred_row(len(preds)))
+    pred = da.concatenate(preds, axis=1)
+    hi = da.concatenate([c[nb] for c in changes], axis=0) if diagnostics else None
+    return pred, hi
 
 
 def _cell_stats(f1: np.ndarray, c1: np.ndarray, c2: np.ndarray, lab: np.ndarray, s: int
@@ -569,14 +687,12 @@ def _change_numpy(f1: np.ndarray, c1: np.ndarray, c2: np.ndarray, lab: np.ndarra
     nb, ny, nx = f1.shape
     bs = params.block_cells * s
     out = np.empty((nb + with_hi, ny, nx))
-    extra = (class_change,) if class_change is not None else ()
-
     def one(yb_: tuple[int, int, int, int], xb_: tuple[int, int, int, int]) -> None:
         ya, yb, yt, ybt = yb_
         xa, xb, xl, xrt = xb_
         sl = (slice(None), slice(ya - yt, yb + ybt), slice(xa - xl, xb + xrt))
         out[:, ya:yb, xa:xb] = _change_task(
-            f1[sl], c1[sl], c2[sl], lab[sl], *extra, halo=(yt, ybt, xl, xrt), params=params,
+            f1[sl], c1[sl], c2[sl], lab[sl], None, class_change, halo=(yt, ybt, xl, xrt), params=params,
             s=s, with_hi=with_hi,
         )  # fmt: skip
 
@@ -602,16 +718,15 @@ def _pad_blocks(a: Any, ybs: list[Any], xbs: list[Any]) -> Any:
 
 
 def _change_dask(f1: Any, c1: Any, c2: Any, lab: Any, *, params: FsdafParams, s: int,
-                 class_change: Any, token: str, with_hi: bool = True) -> Any:  # fmt: skip
+                 class_change: Any, token: str, gate: Any, with_hi: bool = True) -> Any:  # fmt: skip
     import dask.array as da
 
     nb, ny, nx = f1.shape
     bs = params.block_cells * s
     ybs, xbs = _block_bounds(ny, bs, s), _block_bounds(nx, bs, s)
     padded = [_pad_blocks(a, ybs, xbs) for a in (f1, c1, c2, lab)]
-    extra = (class_change,) if class_change is not None else ()
     return da.map_blocks(
-        _change_task, *padded, *extra,
+        _change_task, *padded, gate, class_change,
         halos=tuple((yt, ybt) for _, _, yt, ybt in ybs),
         halos_x=tuple((xl, xr) for _, _, xl, xr in xbs), params=params, s=s,
         with_hi=with_hi, chunks=((nb + with_hi,), tuple(yb - ya for ya, yb, _, _ in ybs),
@@ -1056,7 +1171,11 @@ change_quantiles, outlier_quantiles, max_weight
         from xfusion.methods.starfm import _worker_threads
 
         assert spatial is not None
-        threads = _worker_threads(len(spatial[0]) * len(spatial[1]))
+        # step 13 runs on the FSDAF block grid: each task needs the change of its block and
+        # of the neighbours within w pixels, so dask can proceed block row by block row
+        bsz = params.block_cells * s
+        grid = tuple(tuple(b - a for a, b, _, _ in _block_bounds(n, bsz, s)) for n in (ny, nx))
+        threads = _worker_threads(len(grid[0]) * len(grid[1]))
     preds, his = [], []
     for t, u in zip(tidx, pidx, strict=True):
         st = per_pair[int(u)]
@@ -1070,35 +1189,28 @@ change_quantiles, outlier_quantiles, max_weight
                             if lazy else _global_unmix(_numpy_cell_stats(f1, c1, c2, lab, params, s),
                                                        params))  # fmt: skip
         if lazy:
-            ch = _change_dask(f1, c1, c2, lab, params=params, s=s, class_change=class_change,
-                              token=ttok, with_hi=diagnostics)  # fmt: skip
-            ch = ch.rechunk(((nb + diagnostics,), *spatial))
-            d21 = ch[:nb]
+            pred, hi_t = _wave_dask(f1, c1, c2, lab, st["std"], st["k"], params=params, s=s,
+                                    class_change=class_change, token=ttok,
+                                    diagnostics=diagnostics, threads=threads)  # fmt: skip
         else:
             ch = _change_numpy(f1, c1, c2, lab, params=params, s=s, class_change=class_change,
                                with_hi=diagnostics)  # fmt: skip
-            d21 = ch[:nb]
-        if lazy:
-            f1c = f1.rechunk(((nb,), *spatial))
-            arrays = [f1c, d21, c1.rechunk(((nb,), *spatial)), c2.rechunk(((nb,), *spatial)),
-                      lab.rechunk(((1,), *spatial))]  # fmt: skip
-        else:
-            arrays = [f1, d21, c1, c2, lab]
-        pred = map_blocks_halo(
-            _predict_task, *arrays, halo=params.half_window, dtype=np.float64,
-            leading_chunks=((nb,),) if lazy else None, method=NAME,
-            token_parts=(params, ttok), extra=(st["std"], st["k"]),
-            kwargs={"params": params, "threads": threads},
-        )  # fmt: skip
+            pred = map_blocks_halo(
+                _predict_task, f1, ch[:nb], c1, c2, lab, halo=params.half_window,
+                dtype=np.float64, method=NAME, extra=(st["std"], st["k"]),
+                kwargs={"params": params, "threads": threads},
+            )  # fmt: skip
+            hi_t = ch[nb] if diagnostics else None
         preds.append(pred)
         if diagnostics:
-            his.append(ch[nb])
+            his.append(hi_t)
 
     data: dict[str, Any] = {}
     stacked = xp.stack(preds)  # (T, B, y, x)
     for b, fname in enumerate(roles.fine):
         sel = stacked[:, b]
         if lazy:
+            sel = sel.rechunk(((1,) * len(tidx), *spatial))  # back to the input's chunks
             data[fname] = da.map_blocks(
                 _out_block, sel, dtype=out_dtypes[b], target=out_dtypes[b].str,
                 fill=out_fills[b], name=f"xfusion.{NAME}-out{b}-{token}",
@@ -1108,6 +1220,8 @@ change_quantiles, outlier_quantiles, max_weight
     if diagnostics:
         labs = xp.stack([per_pair[int(u)]["lab"][0] for u in pidx])
         hi_arr = xp.stack(his).astype(np.float32)
+        if lazy:
+            hi_arr = hi_arr.rechunk(((1,) * len(tidx), *spatial))
         data[_CLASS_VAR] = labs.astype(np.int32)
         data[_HI_VAR] = hi_arr
         for vname, long_name in (
