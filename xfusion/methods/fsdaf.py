@@ -399,12 +399,11 @@ def _n_classes(labels: Any, token: str) -> Any:
     """Number of distinct labels > 0 (labels are 0 where the fine image is background)."""
     if not _is_dask(labels):
         return _count_classes(labels)
-    import dask
     import dask.array as da
 
-    uniq = da.unique(labels)
-    return da.from_delayed(dask.delayed(_count_classes, pure=True)(uniq, dask_key_name=
-                           f"xfusion.{NAME}-K-{token}"), shape=(1,), dtype=np.int64)  # fmt: skip
+    uniq = da.unique(labels)  # one chunk
+    return uniq.map_blocks(_count_classes, chunks=((1,),), dtype=np.int64,
+                           meta=np.empty((0,), np.int64), name=f"xfusion.{NAME}-K-{token}")
 
 
 def _isodata_sample(f1: Any, limit: int) -> tuple[Any, int]:
@@ -500,12 +499,27 @@ def _change_task(f1: np.ndarray, c1: np.ndarray, c2: np.ndarray, lab: np.ndarray
     return np.concatenate([res.delta21, res.hi[None]], axis=0)
 
 
+def _delayed_chunks(arr: Any) -> list[Any]:
+    """The chunks of a dask array as Delayed objects that keep the array's own keys.
+
+    (``dask.delayed(f)(array)`` or ``to_delayed()`` would embed an optimised, re-keyed copy
+    of the array's graph: every such use recomputes everything upstream.)
+    """
+    return list(arr.to_delayed(optimize_graph=False).ravel())
+
+
 def _gate(*_: Any) -> None:
     """Dependency only (see :func:`_wave_dask`)."""
 
 
 def _pass_gate(block: np.ndarray, _: Any) -> np.ndarray:
     return block
+
+
+def _gated(arr: Any, gate: Any) -> Any:
+    import dask.array as da
+
+    return da.map_blocks(_pass_gate, arr, gate, dtype=arr.dtype, meta=arr._meta)
 
 
 def _tiny(block: np.ndarray) -> np.ndarray:
@@ -549,21 +563,26 @@ def _wave_dask(f1: Any, c1: Any, c2: Any, lab: Any, std: Any, kcls: Any, *,
     bsz = params.block_cells * s
     ybs, xbs = _block_bounds(ny, bsz, s), _block_bounds(nx, bsz, s)
     gridx = tuple(b - a for a, b, _, _ in xbs)
-    gate0 = dask.delayed(_gate, pure=True)(std, kcls, dask_key_name=f"xfusion.{NAME}-gate-{token}")
-    stats = dask.delayed(_stats, pure=True)(std, kcls, dask_key_name=f"xfusion.{NAME}-K-{token}")
+    std_d = _delayed_chunks(std.rechunk(-1))[0]
+    k_d = _delayed_chunks(kcls.rechunk(-1))[0]
+    gate0 = dask.delayed(_gate, pure=True)(std_d, k_d, dask_key_name=f"xfusion.{NAME}-gate-{token}")
+    stats = dask.delayed(_stats, pure=True)(std_d, k_d,
+                                            dask_key_name=f"xfusion.{NAME}-stats-{token}")
     g = [da.map_blocks(_pass_gate, a, gate0, dtype=a.dtype,
                        name=f"xfusion.{NAME}-gated{k}-{token}")
          for k, a in enumerate((f1, c1, c2, lab))]  # fmt: skip
     xhalos = tuple((xl, xr) for _, _, xl, xr in xbs)
     changes: list[Any] = []
     preds: list[Any] = []
+    gates: list[Any] = []
     out_ch = nb + diagnostics
 
     def change_row(j: int, gate: Any) -> Any:
         ya, yb, yt, ybt = ybs[j]
-        # the block row with its halo rows; _pad_blocks adds the column halos
-        padded = [_pad_blocks(a[:, ya - yt : yb + ybt], [(yt, yt + yb - ya, yt, ybt)], xbs)
-                  for a in g]  # fmt: skip
+        # the block row with its halo rows (behind the row's gate: no copy of the inputs is
+        # made before the row may start); _pad_blocks adds the column halos
+        padded = [_pad_blocks(_gated(a[:, ya - yt : yb + ybt], gate),
+                              [(yt, yt + yb - ya, yt, ybt)], xbs) for a in g]  # fmt: skip
         return da.map_blocks(
             _change_task, *padded, gate, class_change, halos=((yt, ybt),), halos_x=xhalos,
             params=params, s=s, with_hi=diagnostics,
@@ -586,7 +605,9 @@ def _wave_dask(f1: Any, c1: Any, c2: Any, lab: Any, std: Any, kcls: Any, *,
         ya, yb, _, _ = ybs[i]
         r0, r1 = max(0, ya - w), min(ny, yb + w)
         d21 = da.concatenate([c[:nb] for c in changes], axis=1)
-        strips = [a[:, r0:r1].rechunk((-1, -1, px)) for a in (g[0], d21, g[1], g[2], g[3])]
+        gate = gates[need(i)]
+        strips = [_gated(a[:, r0:r1], gate).rechunk((-1, -1, px))
+                  for a in (g[0], d21, g[1], g[2], g[3])]  # fmt: skip
         if len(px) > 1:
             strips = [da.overlap.overlap(a, depth={0: 0, 1: 0, 2: w}, boundary="none")
                       for a in strips]  # fmt: skip
@@ -603,9 +624,10 @@ def _wave_dask(f1: Any, c1: Any, c2: Any, lab: Any, std: Any, kcls: Any, *,
         if done:
             tiny = preds[done[-1]].map_blocks(_tiny, chunks=((1,), (1,), (1,) * len(px)),
                                               dtype=np.int8)  # fmt: skip
-            gate = dask.delayed(_gate, pure=True)(gate0, tiny)
+            gate = dask.delayed(_gate, pure=True)(gate0, *_delayed_chunks(tiny))
         else:
             gate = gate0
+        gates.append(gate)
         changes.append(change_row(j, gate))
         while len(preds) < len(ybs) and need(len(preds)) <= j:
             preds.append(pred_row(len(preds)))
@@ -741,7 +763,7 @@ def _class_change_dask(f1: Any, c1: Any, c2: Any, lab: Any, *, params: FsdafPara
     import dask
 
     bs = params.block_cells * s
-    arrs = [a.rechunk((-1, bs, bs)).to_delayed() for a in (f1, c1, c2, lab)]
+    arrs = [a.rechunk((-1, bs, bs)).to_delayed(optimize_graph=False) for a in (f1, c1, c2, lab)]
     stats = [
         dask.delayed(_cell_stats, pure=True)(arrs[0][0, i, j], arrs[1][0, i, j],
                                              arrs[2][0, i, j], arrs[3][0, i, j], s)
@@ -1142,7 +1164,7 @@ change_quantiles, outlier_quantiles, max_weight
                 import dask
 
                 centers = dask.delayed(_fit_centers, pure=True)(
-                    sample, params=params, n_total=ny * nx,
+                    _delayed_chunks(sample.rechunk(-1))[0], params=params, n_total=ny * nx,
                     dask_key_name=f"xfusion.{NAME}-isodata-{ptok}")  # fmt: skip
                 lab = da.map_blocks(_classify_block, f1, centers, dtype=lab_dtype,
                                     chunks=((1,), *f1.chunks[1:]),
