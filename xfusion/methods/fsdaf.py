@@ -406,6 +406,20 @@ def _n_classes(labels: Any, token: str) -> Any:
                            meta=np.empty((0,), np.int64), name=f"xfusion.{NAME}-K-{token}")
 
 
+def _masked_fine(f1: Any) -> Any:
+    """The fine image with every band NaN where any band is (background)."""
+    if _is_dask(f1):
+        import dask.array as da
+
+        return da.map_blocks(_mask_block, f1, dtype=f1.dtype)
+    return _mask_block(f1)
+
+
+def _mask_block(f1: np.ndarray) -> np.ndarray:
+    ok = np.all(np.isfinite(f1), axis=0)
+    return np.where(ok[None], f1, np.nan).astype(f1.dtype, copy=False)
+
+
 def _isodata_sample(f1: Any, limit: int) -> tuple[Any, int]:
     """A regular grid sample of at most ``limit`` pixels (B, n): chunk-independent values."""
     ny, nx = f1.shape[1:]
@@ -1154,10 +1168,11 @@ change_quantiles, outlier_quantiles, max_weight
     lab_dtype = np.dtype(np.uint8 if params.max_classes <= 255 else np.int32)
     per_pair: dict[int, dict[str, Any]] = {}
     for u in sorted({int(p) for p in pidx}):
-        f1 = bands(fine_data, u)
-        ok = xp.all(xp.isfinite(f1), axis=0)
-        f1 = xp.where(ok[None], f1, np.nan)
         ptok = f"{token}-{u}"
+        f1 = _masked_fine(bands(fine_data, u))
+        cm = None
+        if cmap is not None:
+            cm = cmap.rechunk(f1.chunks[1:])[None] if lazy else np.asarray(cmap)[None]
         if cmap is None:
             sample, _ = _isodata_sample(f1, _isodata_limit())
             if lazy:
@@ -1166,22 +1181,20 @@ change_quantiles, outlier_quantiles, max_weight
                 centers = dask.delayed(_fit_centers, pure=True)(
                     _delayed_chunks(sample.rechunk(-1))[0], params=params, n_total=ny * nx,
                     dask_key_name=f"xfusion.{NAME}-isodata-{ptok}")  # fmt: skip
-                lab = da.map_blocks(_classify_block, f1, centers, dtype=lab_dtype,
-                                    chunks=((1,), *f1.chunks[1:]),
-                                    meta=np.empty((0, 0, 0), np.int32),
+                lab = da.map_blocks(_classify_block, f1, centers, lab_dtype.str,
+                                    dtype=lab_dtype, chunks=((1,), *f1.chunks[1:]),
+                                    meta=np.empty((0, 0, 0), lab_dtype),
                                     name=f"xfusion.{NAME}-classes-{ptok}")  # fmt: skip
             else:
                 centers = _fit_centers(sample, params=params, n_total=ny * nx)
                 lab = _classify_block(f1, centers, lab_dtype.str)
+        elif lazy:
+            lab = da.map_blocks(_mask_labels, cm, f1, dtype=np.int32,
+                                chunks=((1,), *f1.chunks[1:]),
+                                meta=np.empty((0, 0, 0), np.int32),
+                                name=f"xfusion.{NAME}-classes-{ptok}")  # fmt: skip
         else:
-            if lazy:
-                cm = cmap.rechunk(f1.chunks[1:])[None]
-                lab = da.map_blocks(_mask_labels, cm, f1, dtype=np.int32,
-                                    chunks=((1,), *f1.chunks[1:]),
-                                    meta=np.empty((0, 0, 0), np.int32),
-                                    name=f"xfusion.{NAME}-classes-{ptok}")  # fmt: skip
-            else:
-                lab = _mask_labels(np.asarray(cmap)[None], f1)
+            lab = _mask_labels(cm, f1)
         std = _global_std(f1, ptok)
         kcls = _n_classes(lab, ptok)
         per_pair[u] = {"f1": f1, "lab": lab, "std": std, "k": kcls}
