@@ -940,26 +940,29 @@ def _key_pass(fr, fc, den, sb, th, clip, kmax, kb, flag, fac0, fac1, n, first): 
 @njit(cache=True, nogil=True, inline="always")
 def _insert(keys, pos, cnt, kmax, t, key, p, nsim, dflat):  # type: ignore[no-untyped-def]
     # offer candidate (key, p) to the sorted list of centre t (the nsim best so far)
+    kr = keys[t]
+    pr = pos[t]
     q = cnt[t]
-    if q < nsim:  # filling: append; sort once full
-        keys[t, q] = key
-        pos[t, q] = p
-        q += 1
-        cnt[t] = q
-        if q == nsim:
-            _sort_list(keys, pos, t, nsim, dflat)
-            kmax[t] = min(kmax[t], keys[t, nsim - 1])
-        return
-    if not _before(key, p, keys[t, nsim - 1], pos[t, nsim - 1], dflat):
-        return
-    z = nsim - 1
-    while z > 0 and _before(key, p, keys[t, z - 1], pos[t, z - 1], dflat):
-        keys[t, z] = keys[t, z - 1]
-        pos[t, z] = pos[t, z - 1]
-        z -= 1
-    keys[t, z] = key
-    pos[t, z] = p
-    kmax[t] = keys[t, nsim - 1]
+    if q == nsim:
+        last = kr[nsim - 1]
+        if key > last or (key == last and not _before(key, p, last, pr[nsim - 1], dflat)):
+            return
+        z = nsim - 1
+    else:
+        z = q
+        cnt[t] = q + 1
+    while z > 0:
+        kz = kr[z - 1]
+        if key < kz or (key == kz and _before(key, p, kz, pr[z - 1], dflat)):
+            kr[z] = kz
+            pr[z] = pr[z - 1]
+            z -= 1
+        else:
+            break
+    kr[z] = key
+    pr[z] = p
+    if q >= nsim - 1:
+        kmax[t] = min(kmax[t], kr[nsim - 1])
 
 
 @njit(cache=True, nogil=True, inline="always")
