@@ -1044,11 +1044,17 @@ change_quantiles, outlier_quantiles, max_weight
 
     **Global and local steps, chunks and memory.** Global, computed first by exact lazy
     reductions: the class centres (one task on the grid sample), K, the standard deviation
-    of each band (exact sums), and with ``blocks=False`` the unmixing. Per FSDAF block
-    (the block and its one-cell halo are gathered into one task, whatever the chunks):
-    steps 3-12. Per chunk with a halo of ``half_window`` pixels: step 13. Any chunking
-    gives bit-identical results; a block task holds ~10 float64 planes of
-    ``(block_cells * s + 2 s)^2`` pixels per band (about 20 MB per band at the defaults).
+    of each band (exact sums), and with ``blocks=False`` the unmixing. Per FSDAF block (the
+    block and its one-cell halo are gathered into one task, whatever the chunks): steps
+    3-12. Per block of the same grid with a halo of ``half_window`` pixels: step 13; the
+    result is rechunked to the input's chunks. Any chunking gives bit-identical results.
+    On dask, the block and pixel tasks wait for the global statistics and run block row by
+    block row (a row of blocks waits for the predictions that no longer need the rows
+    above), so besides a few block rows (about 50 bytes per pixel of a row of
+    ``block_cells * s`` pixels) only the fine image and the class map of the pair date
+    (input dtype and 1 byte per pixel) are held between the statistics and the end; a
+    10000 x 10000 one-band run streamed to Zarr peaks at about 2.2 GB (see
+    ``benchmarks/fsdaf_results.md``).
 
     **Speed.** The thin-plate spline is solved once per block (LU shared by all bands,
     reused by blocks with the same control lattice) and evaluated on the fine grid as
