@@ -391,10 +391,6 @@ def _count_classes(labels: np.ndarray) -> np.ndarray:
     return np.array([int(np.count_nonzero(u > 0))], np.int64)
 
 
-def _present_labels(block: np.ndarray) -> np.ndarray:
-    return np.unique(block[block > 0])
-
-
 def _n_classes(labels: Any, token: str) -> Any:
     """Number of distinct labels > 0 (labels are 0 where the fine image is background)."""
     if not _is_dask(labels):
@@ -489,9 +485,8 @@ def _change_task(f1: np.ndarray, c1: np.ndarray, c2: np.ndarray, lab: np.ndarray
                  block_info: dict[Any, Any] | None = None) -> np.ndarray:  # fmt: skip
     """Steps 3-12 on one padded block → (B [+ 1], core): delta21 bands [and HI].
 
-    ``gate`` is unused: on dask it is the global statistics, so that no block runs before
-    them (otherwise dask computes every block while the statistics still wait for the last
-    input chunks, and holds all their outputs until the final step can start).
+    ``gate`` is unused: on dask it is the row's gate (see :func:`_wave_dask`), a
+    dependency that keeps the block from running too early.
     """
     from xfusion.methods._fsdaf_kernel import change_block
 
@@ -751,25 +746,6 @@ def _pad_blocks(a: Any, ybs: list[Any], xbs: list[Any]) -> Any:
     a = da.concatenate([a[:, :, xa - xl : xb + xr] for xa, xb, xl, xr in xbs], axis=2)
     return a.rechunk((-1, tuple(yb - ya + yt + ybt for ya, yb, yt, ybt in ybs),
                       tuple(xb - xa + xl + xr for xa, xb, xl, xr in xbs)))  # fmt: skip
-
-
-def _change_dask(f1: Any, c1: Any, c2: Any, lab: Any, *, params: FsdafParams, s: int,
-                 class_change: Any, token: str, gate: Any, with_hi: bool = True) -> Any:  # fmt: skip
-    import dask.array as da
-
-    nb, ny, nx = f1.shape
-    bs = params.block_cells * s
-    ybs, xbs = _block_bounds(ny, bs, s), _block_bounds(nx, bs, s)
-    padded = [_pad_blocks(a, ybs, xbs) for a in (f1, c1, c2, lab)]
-    return da.map_blocks(
-        _change_task, *padded, gate, class_change,
-        halos=tuple((yt, ybt) for _, _, yt, ybt in ybs),
-        halos_x=tuple((xl, xr) for _, _, xl, xr in xbs), params=params, s=s,
-        with_hi=with_hi, chunks=((nb + with_hi,), tuple(yb - ya for ya, yb, _, _ in ybs),
-                tuple(xb - xa for xa, xb, _, _ in xbs)),
-        dtype=np.float64, meta=np.empty((0, 0, 0), np.float64),
-        name=f"xfusion.{NAME}-change-{token}",
-    )  # fmt: skip
 
 
 def _class_change_dask(f1: Any, c1: Any, c2: Any, lab: Any, *, params: FsdafParams, s: int,
