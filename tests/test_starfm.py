@@ -100,9 +100,12 @@ def s600():
         "fine": {"2001-01-01": paths["fine_t1"]},
         "coarse": {"2001-01-01": paths["coarse_t1"], "2001-01-17": paths["coarse_t2"]},
     }
-    cube = from_geotiffs(**spec)
-    out = xfusion.starfm(cube, fine="fine", coarse="coarse")  # the USDA defaults
-    return {"paths": paths, "spec": spec, "ref": ref, "cube": cube, "out": out}
+    cube = from_geotiffs(**spec)  # int16 files: float32 values, int16 encoding
+    fcube = cube.copy()
+    for v in fcube.data_vars:  # the same values as a plain float cube (no integer encoding)
+        fcube[v].encoding = {}
+    out = xfusion.starfm(fcube, fine="fine", coarse="coarse")  # the USDA defaults
+    return {"paths": paths, "spec": spec, "ref": ref, "cube": cube, "fcube": fcube, "out": out}
 
 
 def parity(pred, ref, *, fill_is):
@@ -126,11 +129,30 @@ def test_usda_parity_public_api(s600):
     assert within1 >= 0.999 and exact >= 0.999, (exact, within1)
 
 
+def test_usda_parity_from_integer_geotiffs(s600):
+    """int16 GeoTIFFs through from_geotiffs give int16 output with their fill, as USDA writes."""
+    cube = s600["cube"]
+    assert cube.fine.dtype == np.float32 and cube.fine.encoding["dtype"] == np.int16
+    assert cube.fine.encoding["_FillValue"] == FILL
+    out = xfusion.starfm(cube, fine="fine", coarse="coarse")
+    assert out.fine.dtype == np.int16 and out.fine.attrs["nodata"] == FILL
+    float_pred = s600["out"].fine.values[0]
+    np.testing.assert_array_equal(
+        out.fine.values[0], np.where(np.isnan(float_pred), FILL, float_pred)
+    )
+    # dask input too, and arithmetic on the cube (a float cube) gives floats back
+    lazy = xfusion.starfm(from_geotiffs(**s600["spec"], chunks=256), fine="fine", coarse="coarse")
+    assert lazy.fine.dtype == np.int16
+    np.testing.assert_array_equal(lazy.fine.values, out.fine.values)
+    scaled = xfusion.starfm(cube / 1e4, fine="fine", coarse="coarse", preset="reflectance")
+    assert scaled.fine.dtype == np.float32
+
+
 def test_usda_parity_integer_io(s600):
     """int16 input with nodata -9999 gives int16 output with -9999 fill, as the C program."""
     import rasterio
 
-    cube = s600["cube"].copy()
+    cube = s600["fcube"].copy()
     for name, key, t in (("fine", "fine_t1", 0), ("coarse", "coarse_t1", 0)):
         with rasterio.open(s600["paths"][key]) as src:
             raw = np.full((2, 600, 600), FILL, np.int16)
@@ -149,6 +171,8 @@ def test_usda_parity_integer_io(s600):
 
 def test_synthetic600_dask_ragged_chunks_bit_identical(s600):
     cube = from_geotiffs(**s600["spec"], chunks=(170, 233))
+    for v in cube.data_vars:
+        cube[v].encoding = {}
     with raise_if_dask_computes():
         lazy = xfusion.starfm(cube, fine="fine", coarse="coarse")
     assert lazy.fine.data.chunks[1:] == ((170, 170, 170, 90), (233, 233, 134))
@@ -172,7 +196,8 @@ def test_cli_parity_and_two_pairs(s600, tmp_path):
     assert main(argv) == 0
     with rasterio.open(out) as src:
         got = src.read(1)
-    exact, within1, same_fill = parity(got, s600["ref"], fill_is=np.isnan)
+        assert src.dtypes[0] == "int16" and src.nodata == FILL  # as the USDA program writes
+    exact, within1, same_fill = parity(got, s600["ref"], fill_is=lambda a: a == FILL)
     assert same_fill and within1 >= 0.999 and exact >= 0.999
 
     # two --fine dates around the target: both pairs are used (two-pair mode)

@@ -439,11 +439,26 @@ def _pair_positions(ds: xr.Dataset, roles: Any) -> np.ndarray:
 def _output_dtype(ds: xr.Dataset, name: str, work: xr.DataArray, fill: float | None) -> tuple[
     np.dtype, float | None
 ]:  # fmt: skip
-    """Output dtype and fill of fine variable ``name``: floats → NaN, integers → a fill."""
-    raw = ds[name].dtype
+    """Output dtype and fill of fine variable ``name``: floats → NaN, integers → a fill.
+
+    Integers are the variable's dtype, or the integer dtype its ``encoding`` says it was
+    stored as (float values decoded from integer GeoTIFFs or Zarr, with ``_FillValue``).
+    """
+    var = ds[name]
+    raw = var.dtype
+    stored = var.encoding.get("dtype")
+    if (
+        np.issubdtype(raw, np.floating)
+        and stored is not None
+        and np.issubdtype(np.dtype(stored), np.integer)
+        and (fill is not None or var.encoding.get("_FillValue") is not None)
+    ):
+        raw = np.dtype(stored)
+        if fill is None:
+            fill = float(var.encoding["_FillValue"])
     if not np.issubdtype(raw, np.integer):
         return np.dtype(work.dtype), None
-    out_fill = fill if fill is not None else get_nodata(ds[name])
+    out_fill = fill if fill is not None else get_nodata(var)
     info = np.iinfo(raw)
     if out_fill is None or not (
         float(out_fill).is_integer() and info.min <= float(out_fill) <= info.max
@@ -856,7 +871,7 @@ def starfm(
     res = assemble_result(ds, data, like=like, target_idx=tidx, time_coords=time_coords)
     for b, fname in enumerate(roles.fine):
         if out_fills[b] is not None:
-            res[fname].attrs["nodata"] = out_fills[b]
+            res[fname].attrs["nodata"] = int(out_fills[b])
     record = {**asdict(params), "window": window, "resolution": pixel,
               "npairs": npair, "device": device}  # fmt: skip
     record["data_range"] = [x if math.isfinite(x) else str(x) for x in params.data_range]
