@@ -195,6 +195,8 @@ CASES = [
     (9, 1, True, (4, 4, 4, 4)),
     ((3, 1), 2, True, (3, 1, 3, 1)),  # explicit reach, e.g. the literal C formula for win = 7
     ((0, 5), 1, False, (0, 0, 0, 0)),
+    (30, 1, True, (0, 0, 0, 0)),  # windows larger than the image: clipped to it (USDA)
+    (25, 2, False, (0, 0, 0, 0)),
 ]
 
 

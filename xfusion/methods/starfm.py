@@ -557,8 +557,11 @@ def starfm(
         USDA ``MAX_SEARCH_DISTANCE`` in metres. The window is
         ``int(2 * max_search_distance / resolution)`` pixels (even windows reach one pixel
         further before the centre than after, as in USDA) and the distance term is
-        ``1 + d / (max_search_distance / resolution)``. Must give a window no larger than
-        the image.
+        ``1 + d / (max_search_distance / resolution)``. A window larger than the image is
+        clipped to it, as in USDA (positions outside the image are not candidates).
+
+        .. versionchanged:: 0.1
+           Windows larger than the image are accepted.
     resolution : float, optional
         Pixel size in metres (USDA ``RESOLUTION``). Default: from the cube's GeoBox (mean of
         the x and y pixel sizes). Required for a geographic CRS (degrees).
@@ -602,7 +605,7 @@ def starfm(
     ------
     InvalidParameterError
         Unknown preset/mode/pairs, parameters that are zero, negative or not finite, a window
-        larger than the image or smaller than one pixel, a geographic CRS without
+        smaller than one pixel, a geographic CRS without
         ``resolution``, fine/coarse lists of different lengths, an integer fill value that
         does not fit the output dtype.
     NoOverlapError
@@ -735,19 +738,11 @@ def starfm(
     pixel = _pixel_size(ds, resolution)
     window = int(params.max_search_distance * 2.0 / pixel)
     ydim, xdim = roles.dims
-    ny, nx = ds.sizes[ydim], ds.sizes[xdim]
     if window < 1:
         raise InvalidParameterError(
             f"starfm() window int(2 * max_search_distance / resolution) = int(2 * "
             f"{params.max_search_distance:g} / {pixel:g}) is 0 pixels. Use max_search_distance "
             f">= {pixel / 2:g} m (half a pixel)."
-        )
-    if window > min(ny, nx):
-        raise InvalidParameterError(
-            f"starfm() window of {window} px (int(2 * max_search_distance / resolution) = "
-            f"int(2 * {params.max_search_distance:g} / {pixel:g})) is larger than the image "
-            f"({ny} x {nx} px). Use max_search_distance <= {min(ny, nx) * pixel / 2:g} m, or a "
-            "larger area."
         )
     distance_scale = params.max_search_distance / pixel
 
