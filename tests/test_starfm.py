@@ -565,6 +565,91 @@ def test_presets_and_overrides():
         "uncertainty_fine": 0.7}))  # fmt: skip
 
 
+# ---------------------------------------------------------------------------------------------
+# presets are the same physics at another scale
+
+
+def _unit_cube(rng, preset, *, quantised, shape=(3, 40, 44)):
+    """Classes with change in the preset's unit (quantised in steps of distance_offset)."""
+    p = S.STARFM_PRESETS[preset]
+    lo, hi = p.data_range
+    unit = (p.uncertainty_fine + p.uncertainty_coarse) / 2  # ~ one uncertainty
+    nt, ny, nx = shape
+    centre = lo + (hi - lo) * rng.choice([0.2, 0.35, 0.5, 0.7], size=(ny, nx))
+    fine = centre[None] + unit * (1.5 * np.arange(nt)[:, None, None] + rng.uniform(0, 1.2, shape))
+    coarse = fine + unit * rng.uniform(-3, 3, shape)
+    if quantised:
+        off = p.distance_offset
+        fine, coarse = np.round(fine / off) * off, np.round(coarse / off) * off
+    fine[1] = np.nan  # the target date (nearest pair before: 0; bracket: 0 and 2)
+    fine[0][rng.random((ny, nx)) < 0.03] = np.nan
+    return from_numpy({"fine": fine.astype("float64"), "coarse": coarse.astype("float64")},
+                      geobox=gbox(ny, nx), times=TIMES[:nt],
+                      observed={"fine": [True, False, True], "coarse": [True] * nt})  # fmt: skip
+
+
+def _usda_units(preset, scale):
+    """The preset's parameters in units scale times smaller, float mode, no fill value."""
+    p = S.STARFM_PRESETS[preset]
+    return {"preset": "usda", "mode": "float", "fill": None,
+            "max_search_distance": p.max_search_distance, "num_slice": p.num_slice,
+            "uncertainty_fine": p.uncertainty_fine * scale,
+            "uncertainty_coarse": p.uncertainty_coarse * scale,
+            "data_range": tuple(x * scale for x in p.data_range),
+            "distance_offset": p.distance_offset * scale}  # fmt: skip
+
+
+def _agree(a, b, *, tol):
+    """Fraction of pixels within tol, and whether the NaN patterns coincide."""
+    same_nan = np.array_equal(np.isnan(a), np.isnan(b))
+    ok = ~np.isnan(a) & ~np.isnan(b)
+    return float((np.abs(a[ok] - b[ok]) <= tol).mean()), same_nan
+
+
+@pytest.mark.parametrize("preset", sorted(S.STARFM_PRESETS))
+@pytest.mark.parametrize("pairs", ["nearest", "bracket"])
+@pytest.mark.parametrize("quantised", [True, False])
+def test_every_preset_equals_usda_on_the_data_rescaled(rng, preset, pairs, quantised):
+    """preset(data) x s == usda(data x s) with every unit-bearing parameter x s, in float mode,
+    where s makes the preset's distance_offset USDA's 1 (1e4 for reflectance, 100 for LST)."""
+    ds = _unit_cube(rng, preset, quantised=quantised)
+    p = S.STARFM_PRESETS[preset]
+    scale = 1.0 / p.distance_offset
+    kw = {"fine": "fine", "coarse": "coarse", "pairs": pairs, "diagnostics": True}
+    got = xfusion.starfm(ds, **kw, preset=preset, mode="float")
+    want = xfusion.starfm(ds * scale, **kw, **_usda_units(preset, scale))
+    g, w = got.fine.values * scale, want.fine.values
+    within1, same_nan = _agree(g, w, tol=1.0)
+    assert same_nan and within1 >= 0.999, (within1, same_nan)
+    assert np.isfinite(w).mean() > 0.9
+    # the weights change with the unit exactly like 1 / t_dis (1 / t_dis**2 with two pairs)
+    k = 2 if pairs == "bracket" else 1
+    n_got, n_want = got.fine_n_candidates.values, want.fine_n_candidates.values
+    same = n_got == n_want
+    if quantised:  # every test decided alike; continuous data may flip a rare near-tie
+        assert same.all()
+    assert same.mean() >= 0.99
+    np.testing.assert_allclose(got.fine_weight_sum.values[same] / scale**k,
+                               want.fine_weight_sum.values[same], rtol=2e-5)  # fmt: skip
+
+
+def test_reflectance_preset_equals_usda_float_on_synthetic600(s600):
+    """The issue's case: synthetic600 / 1e4 with "reflectance" is USDA float mode x 1e-4."""
+    usda = xfusion.starfm(s600["fcube"], fine="fine", coarse="coarse", mode="float")
+    refl = xfusion.starfm(s600["fcube"] / 1e4, fine="fine", coarse="coarse",
+                          preset="reflectance")  # fmt: skip
+    u, r = usda.fine.values[0], refl.fine.values[0] * 1e4
+    within1, same_nan = _agree(r, u, tol=1.0)
+    assert same_nan and within1 >= 0.999, within1
+    # the same accuracy against the truth (before the fix: RMSE 419.5 against 327.0)
+    import rasterio
+
+    with rasterio.open(s600["paths"]["fine_t2_truth"]) as src:
+        truth = src.read(1).astype(np.float64)
+    rmse = [np.sqrt(np.nanmean((p - truth) ** 2)) for p in (u, r)]
+    assert rmse[1] == pytest.approx(rmse[0], rel=1e-3)
+
+
 def test_device_cuda_without_gpu_is_a_clear_error(rng):
     if S._cuda_available():
         pytest.skip("this machine has CUDA")

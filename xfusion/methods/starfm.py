@@ -637,16 +637,33 @@ def starfm(
     (``|L1_k - L1_c| < 2 std / num_slice``) and passes either residual test
     (``|M1_k - L1_k| <= min_pairs |M1_c - L1_c| + sigma_lsr`` or
     ``|M1_k - M2_k| <= min_pairs |M1_c - M2_c| + sigma_msr``) with
-    ``sigma_lsr = sqrt(u_c^2 + u_f^2)``, ``sigma_msr = sqrt(2) u_c``. Its weight is 1 when
-    ``t_dis < sqrt(sigma_lsr^2 + sigma_msr^2)``, else ``1 / (t_dis (1 + d / A))``. The
+    ``sigma_lsr = sqrt(u_c^2 + u_f^2)``, ``sigma_msr = sqrt(2) u_c``. Its weight is
+    ``1 / (t_dis (1 + d / A))``, or, for a "perfect" candidate whose
+    ``t_dis < sigma_comb = sqrt(sigma_lsr^2 + sigma_msr^2)``, USDA's constant 1. The
     prediction is ``sum w (L1 + M2 - M1) / sum w``. Reference mode reproduces the program's
     integer truncations and rounding; on ``synthetic600`` it matches the USDA output within
     +-1 on every pixel (99.95 % exactly) with the same fill pattern.
 
+    **Units.** USDA's constant 1 and ``+1`` are one x1e4 reflectance unit; in general the
+    perfect weight is ``1 / distance_offset**k`` below ``sigma_comb * distance_offset**(k-1)``
+    (``k`` = 1 with one pair, 2 with two, whose ``t_dis`` is a product), so that every weight
+    changes with the data's unit like ``1 / t_dis``: multiplying the data and every parameter in
+    the data's unit by ``s`` multiplies the prediction by ``s``. Float mode also compares on
+    the grid of ``distance_offset`` steps (each limit halfway between two steps, see
+    :func:`xfusion.methods._starfm_kernel.decision_terms`), so data quantised in those steps
+    (x1e4 integers, or the same values / 1e4) are decided exactly alike at any scale: on
+    ``synthetic600`` / 1e4 the ``"reflectance"`` preset x 1e4 is within 1 DN of ``"usda"`` in
+    float mode on every pixel (same RMSE to the truth, 327.0).
+
+    .. versionchanged:: 0.1
+       The perfect weight follows the unit (it was 1 in every unit, so in 0..1 reflectance the
+       closest candidates weighed least); float mode compares on the offset's grid.
+
     **Presets.** ``"usda"``: the reference defaults for scaled-integer reflectance (x1e4):
     750 m, 40 slices, uncertainties 50, range [0, 10000], offset 1, fill -9999, reference
     mode. ``"reflectance"``: the same physics for 0..1 reflectance (every value / 1e4:
-    uncertainties 0.005, offset 1e-4, range [0, 1]), float mode. ``"lst"``: land-surface
+    uncertainties 0.005, offset 1e-4, range [0, 1]), float mode: its prediction x 1e4 is
+    ``"usda"``'s in float mode on the data x 1e4. ``"lst"``: land-surface
     temperature in kelvin, float mode: ``uncertainty_fine=1.0`` K (Landsat single-channel LST
     retrievals validate at about 1 K), ``uncertainty_coarse=0.5`` K (MOD11A1 is within 0.5 K
     at homogeneous validation sites, Wan 2014); ``distance_offset=0.01`` K (the ``+1`` is one
