@@ -650,6 +650,66 @@ def test_reflectance_preset_equals_usda_float_on_synthetic600(s600):
     assert rmse[1] == pytest.approx(rmse[0], rel=1e-3)
 
 
+@pytest.fixture
+def seen_threads(monkeypatch):
+    """The threads= each numba kernel call receives (and the call still runs)."""
+    from xfusion.methods import _starfm_kernel as K
+
+    seen, real = [], K.starfm_block
+
+    def spy(*args, threads=None, **kw):
+        seen.append(threads)
+        return real(*args, threads=threads, **kw)
+
+    monkeypatch.setattr(K, "starfm_block", spy)
+    monkeypatch.delenv("XFUSION_KERNEL_THREADS", raising=False)
+    return seen
+
+
+def test_kernel_threads_are_public(rng, seen_threads, monkeypatch):
+    ds = small_cube(rng)
+    kw = {"fine": "fine", "coarse": "coarse", "max_search_distance": 150, "device": "cpu"}
+    base = xfusion.starfm(ds, **kw, threads=1)
+    assert seen_threads == [1, 1]  # two targets, one band: numpy calls the kernel per target
+    seen_threads.clear()
+    xr.testing.assert_identical(xfusion.starfm(ds, **kw, threads=3), base)
+    assert seen_threads == [3, 3]
+    # dask: the budget is shared by the blocks (2 targets x 4 blocks = 8 tasks)
+    seen_threads.clear()
+    lazy = xfusion.starfm(rechunk_cube(ds, (1, 15, 17)), **kw, threads=16).compute()
+    xr.testing.assert_identical(lazy, base)
+    assert seen_threads and set(seen_threads) == {2}
+    # the environment variable, and the dask config key (it wins over the variable)
+    seen_threads.clear()
+    monkeypatch.setenv("XFUSION_KERNEL_THREADS", "2")
+    xfusion.starfm(ds, **kw)
+    assert seen_threads == [2, 2]
+    seen_threads.clear()
+    with dask.config.set({"xfusion.kernel-threads": 5}):
+        xfusion.starfm(ds, **kw)
+    assert seen_threads == [5, 5]
+    seen_threads.clear()
+    xfusion.starfm(ds, **kw, threads=4)  # the argument wins over both
+    assert seen_threads == [4, 4]
+
+
+@pytest.mark.parametrize(("setting", "match"), [
+    ({"threads": 0}, r"threads must be a positive integer.*got 0"),
+    ({"threads": 2.5}, r"threads must be a positive integer.*got 2\.5"),
+    ({"env": "many"}, r"environment variable XFUSION_KERNEL_THREADS must be a positive.*'many'"),
+    ({"config": -1}, r"dask config value 'xfusion.kernel-threads' must be a positive.*-1"),
+])  # fmt: skip
+def test_bad_thread_settings_are_clear_errors(rng, monkeypatch, setting, match):
+    ds = small_cube(rng, shape=(2, 12, 13), fine_obs=(True, False))
+    monkeypatch.delenv("XFUSION_KERNEL_THREADS", raising=False)
+    if "env" in setting:
+        monkeypatch.setenv("XFUSION_KERNEL_THREADS", setting["env"])
+    cfg = {"xfusion.kernel-threads": setting["config"]} if "config" in setting else {}
+    with dask.config.set(cfg), pytest.raises(InvalidParameterError, match=match):
+        xfusion.starfm(ds, fine="fine", coarse="coarse", max_search_distance=90,
+                       threads=setting.get("threads"))  # fmt: skip
+
+
 def test_device_cuda_without_gpu_is_a_clear_error(rng):
     if S._cuda_available():
         pytest.skip("this machine has CUDA")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, astuple, dataclass, replace
 from typing import Any, Literal, TypeAlias
@@ -34,6 +33,7 @@ from xfusion.cube.roles import (
     sort_targets,
 )
 from xfusion.cube.validate import TIME, get_geobox, get_nodata, observed_times, require_same_grid
+from xfusion.engine.device import kernel_threads
 from xfusion.engine.run import map_blocks_halo
 from xfusion.errors import (
     InvalidParameterError,
@@ -472,23 +472,6 @@ def _output_dtype(ds: xr.Dataset, name: str, work: xr.DataArray, fill: float | N
     return np.dtype(raw), float(out_fill)
 
 
-def _worker_threads(ntasks: int) -> int:
-    """Kernel threads per dask task: 1 when the tasks alone fill the CPUs.
-
-    The CPU budget is the dask config value ``"xfusion.kernel-threads"`` when set (e.g. by
-    :func:`xfusion.run` on a worker that owns one core), else the CPUs of this process.
-    """
-    import dask
-
-    cpus = dask.config.get("xfusion.kernel-threads", None)
-    if cpus is None:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - not Linux
-            cpus = os.cpu_count() or 1
-    return max(1, int(cpus) // max(ntasks, 1))
-
-
 # --------------------------------------------------------------------------------------------
 # the public function
 
@@ -513,6 +496,7 @@ def starfm(
     fill: float | None = None,
     diagnostics: bool = False,
     device: str = "auto",
+    threads: int | None = None,
 ) -> xr.Dataset:
     """Predict fine images at target dates with STARFM (Gao et al. 2006, USDA v1.2.1).
 
@@ -587,6 +571,14 @@ def starfm(
     device : {"auto", "cpu", "cuda"} or "cuda:N", default "auto"
         Where each block runs, resolved in the worker that runs it: ``"auto"`` uses CUDA
         (the torch kernel) when that worker has a GPU, else the numba CPU kernel.
+    threads : int, optional
+        CPU threads of the numba kernel, shared by the blocks that dask may run at once (each
+        gets ``max(1, threads // blocks)``). Default: the dask config value
+        ``"xfusion.kernel-threads"``, else the environment variable
+        ``XFUSION_KERNEL_THREADS``, else every CPU available to the process (see
+        :func:`xfusion.engine.device.kernel_threads`). The result does not depend on it.
+
+        .. versionadded:: 0.1
 
     Returns
     -------
@@ -839,7 +831,7 @@ def starfm(
         leading = (lead[0], lead[1], (kdim,))
     else:
         leading = None
-    threads = _worker_threads(ntasks) if lazy else None
+    threads = kernel_threads(threads, ntasks=ntasks if lazy else 1)
     out = map_blocks_halo(
         _starfm_tasks,
         l1,
