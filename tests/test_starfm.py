@@ -485,6 +485,50 @@ def test_lazy_keys_and_names(rng):
     assert list(eager.data_vars) == list(out.data_vars)
 
 
+def _held_peak_and_order(lazy, store):
+    """Peak bytes held by the scheduler while streaming ``lazy`` to Zarr, and the task order."""
+    from dask.callbacks import Callback
+
+    from xfusion.io import to_zarr
+
+    peak, order = [0], []
+
+    class Held(Callback):
+        def _pretask(self, key, dsk, state):
+            order.append(str(key[0] if isinstance(key, tuple) else key))
+
+        def _posttask(self, key, result, dsk, state, worker_id):
+            held = sum(getattr(v, "nbytes", 0) for v in state["cache"].values())
+            peak[0] = max(peak[0], held)
+
+    with Held(), dask.config.set(scheduler="sync"):
+        to_zarr(lazy, store, progress=False)
+    return peak[0], order
+
+
+def test_streaming_memory_does_not_hold_the_image(rng, tmp_path):
+    """The global threshold must not make the scheduler hold the image: the predictions read
+    their inputs again after it (the statistics pass keeps no chunk), and the input blocks of a
+    row wait for the predictions two rows above (no read-ahead)."""
+    from xfusion.io import open_zarr, to_zarr
+
+    ds = small_cube(rng, shape=(2, 480, 120), fine_obs=(True, False), holes=False)
+    to_zarr(ds.chunk({"time": 1, "y": 40, "x": 40}), tmp_path / "in.zarr", progress=False)
+    cube = open_zarr(tmp_path / "in.zarr")
+    kw = {"fine": "fine", "coarse": "coarse", "max_search_distance": 150}
+    lazy = xfusion.starfm(cube, **kw)
+    peak, order = _held_peak_and_order(lazy, tmp_path / "out.zarr")
+    inputs = 3 * 480 * 120 * 4  # L1, M1, M2 in float32
+    assert peak < 0.45 * inputs, peak / inputs  # 0.6-0.75 before (12 rows of 3 blocks)
+    # every input block of the predictions is read after the threshold
+    thr_at = max(i for i, k in enumerate(order) if k.startswith("xfusion.starfm-threshold-"))
+    reads = [i for i, k in enumerate(order) if k.startswith("xfusion.starfm-inputs-")]
+    assert len(reads) == 12 * 3 and min(reads) > thr_at
+    # and the result is the eager one
+    xr.testing.assert_identical(open_zarr(tmp_path / "out.zarr").fine.load(),
+                                xfusion.starfm(ds, **kw).fine)  # fmt: skip
+
+
 def test_accessor_is_the_function(rng):
     ds = small_cube(rng)
     kw = {"fine": "fine", "coarse": "coarse", "max_search_distance": 120}

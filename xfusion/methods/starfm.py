@@ -41,7 +41,7 @@ from xfusion.errors import (
     NoOverlapError,
     TimeAxisError,
 )
-from xfusion.methods._starfm_stats import thresholds
+from xfusion.methods._starfm_stats import gated_blocks, thresholds, throttle_rows
 
 __all__ = ["STARFM_MODES", "STARFM_PRESETS", "StarfmMode", "StarfmParams", "starfm"]
 
@@ -267,9 +267,7 @@ def _to_output(
 
 
 def _starfm_tasks(
-    l1: np.ndarray,
-    m1: np.ndarray,
-    m2: np.ndarray,
+    inputs: np.ndarray,
     thr: np.ndarray,
     *,
     halo_sides: tuple[int, int, int, int],
@@ -285,12 +283,15 @@ def _starfm_tasks(
 ) -> np.ndarray:
     """Predict the block interior of every (target, band) in the block.
 
-    ``l1``/``m1`` are ``(T, B, P, y, x)``, ``m2`` is ``(T, B, 1, y, x)`` and ``thr`` is
+    ``inputs`` is ``(T, B, 2P + 1, y, x)``: ``L1`` of the P pairs, ``M1`` of the P pairs, then
+    ``M2`` (one array, so that each block has one overlap task to wait for); ``thr`` is
     ``(T, B, P, 1, 1)``; the result is ``(T, B, K, y', x')`` with K = 1 (prediction) or 3
     (prediction, candidate count, weight sum).
     """
     from xfusion.methods._starfm_kernel import starfm_block
 
+    npair = thr.shape[2]
+    l1, m1, m2 = inputs[:, :, :npair], inputs[:, :, npair:-1], inputs[:, :, -1:]
     top, bottom, left, right = halo_sides
     ntar, nband, _, ny, nx = l1.shape
     k = 3 if diagnostics else 1
@@ -672,10 +673,17 @@ def starfm(
     (``boundary="none"``: image edges are edges, never padding) and the similarity threshold
     comes from exact sums over all chunks (Shewchuk expansions, so the sums do not depend on
     how the image is cut), so any chunking gives bit-identical output. Each task holds one
-    target and one band of a chunk plus halo (~10 float32 planes per pair). Because every
-    prediction waits for the global threshold, dask keeps the chunks of the pair-date fine
-    images in memory between the statistics pass and the predictions (4 bytes per pixel,
-    band and pair date: 0.4 GB for one 10000 x 10000 band); everything else is O(chunk).
+    target and one band of a chunk plus halo (~10 float32 planes per pair). Every prediction
+    waits for the global threshold; so that dask holds no chunk across that wait, the
+    predictions read their inputs again once it is known (the pair-date fine images are read
+    twice) and the input blocks of a row start when the predictions two rows above are done
+    (:mod:`xfusion.methods._starfm_stats`): memory is a few rows of chunks, not the image
+    (streamed from Zarr to Zarr, one band, 1024 px chunks: peak RSS 0.72 GB at 5000 x 5000
+    and 0.98 GB at 10000 x 10000, see ``benchmarks/README.md``).
+
+    .. versionchanged:: 0.1
+       The statistics pass no longer keeps the chunks for the predictions (2.04 GB before at
+       10000 x 10000).
 
     **Speed.** About ``npairs * window**2`` candidate tests per pixel: ~4 M px/s on two CPU
     cores at the USDA window of 50 (the C program: 92 k px/s).
@@ -814,6 +822,7 @@ def starfm(
                   for b in range(nband)])
         for k in range(ntar)
     ])[..., None, None]  # fmt: skip
+    inputs = xp.concatenate([l1, m1, m2], axis=2)  # (T, B, 2P + 1, y, x): one overlap/block
 
     kdim = 3 if diagnostics else 1
     all_dtypes = [*out_dtypes, *((np.dtype(np.int32), np.dtype(np.float32)) if diagnostics
@@ -822,21 +831,28 @@ def starfm(
     before = window // 2
     ntasks = ntar * nband
     if lazy:
-        lead = ((1,) * ntar, (1,) * nband, (npair,))
-        l1 = l1.rechunk({0: 1, 1: 1, 2: -1})
-        m1 = m1.rechunk({0: 1, 1: 1, 2: -1})
-        m2 = m2.rechunk({0: 1, 1: 1, 2: -1})
+        import dask.array as da
+
+        # the spatial chunks map_blocks_halo would use (none shorter than the halo), so that
+        # the input blocks line up with the output blocks for throttle_rows
+        space = tuple(
+            (sum(c),) if sum(c) <= before else
+            da.overlap.ensure_minimum_chunksize(before, c) if len(c) > 1 else c
+            for c in inputs.chunks[3:]
+        )  # fmt: skip
+        inputs = inputs.rechunk(((1,) * ntar, (1,) * nband, (2 * npair + 1,), *space))
+        # the predictions read their inputs again, once the thresholds are known (see
+        # xfusion.methods._starfm_stats)
+        inputs, gated = gated_blocks(inputs, thr_ub, token=token)
         thr = thr.rechunk((1, 1, npair, 1, 1))
-        ntasks *= len(l1.chunks[3]) * len(l1.chunks[4])
-        leading = (lead[0], lead[1], (kdim,))
+        ntasks *= len(inputs.chunks[3]) * len(inputs.chunks[4])
+        leading = ((1,) * ntar, (1,) * nband, (kdim,))
     else:
         leading = None
     threads = kernel_threads(threads, ntasks=ntasks if lazy else 1)
     out = map_blocks_halo(
         _starfm_tasks,
-        l1,
-        m1,
-        m2,
+        inputs,
         halo=before,
         dtype=stack_dtype,
         leading_chunks=leading,
@@ -855,6 +871,8 @@ def starfm(
             "threads": threads,
         },
     )
+    if lazy:
+        out = throttle_rows(out, inputs, gated)
 
     data: dict[str, Any] = {}
     for b, fname in enumerate(roles.fine):
