@@ -5,6 +5,17 @@ WHOLE fine image (USDA). :func:`moment_parts` reduces each chunk to the count an
 partial sums of ``v`` and ``v * v`` (Shewchuk's non-overlapping expansions, compiled by numba);
 their combination does not depend on the order of the chunks, so the threshold, and every
 prediction, is bit-identical for any chunking.
+
+Every prediction waits for that reduction over the whole image. If the predictions read the
+same input chunks as the reduction, the scheduler must hold each chunk from its moments until
+its predictions, and it also loads the chunks and their halos for the predictions while the
+reduction waits for its last chunk: memory grows with the image (about 15 bytes per pixel for
+one band). :func:`gated_blocks` gives the predictions their own reads, one task per input
+block, that start once the thresholds are known (the statistics pass then frees each chunk
+after its moments; the fine images of the pair dates are read twice), and
+:func:`throttle_rows` lets the input blocks of a row start only when the predictions two rows
+above are done, so that the threads do not read ahead: a few rows of blocks are in memory,
+whatever the image size.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ if TYPE_CHECKING:
 
 NAME = "starfm"
 
-__all__ = ["moment_parts", "threshold_from_parts", "thresholds"]
+__all__ = ["gated_blocks", "moment_parts", "threshold_from_parts", "thresholds", "throttle_rows"]
 
 
 _NPART = 64  # room for the partials of an exact float64 sum (at most ~40 for finite doubles)
@@ -208,3 +219,118 @@ def thresholds_block(
         parts.reshape(1, 1, -1, _PARTS), num_slice=num_slice, reference=reference,
         labels=[[labels[i][j]]],
     )  # fmt: skip
+
+
+class _Subgraph:
+    """A block's own input graph, opaque to dask (run by :func:`_run_block` inside a task)."""
+
+    def __init__(self, graph: dict[Any, Any], key: Any) -> None:
+        self.graph, self.key = graph, key
+
+    def __dask_tokenize__(self) -> Any:
+        return ("xfusion.starfm-subgraph", self.key, sorted(map(str, self.graph)))
+
+
+def _run_block(sub: _Subgraph, *_after: Any) -> Any:
+    """Compute one input block from its own graph (synchronously, in the calling worker)."""
+    from dask.local import get_sync
+
+    return get_sync(sub.graph, sub.key)
+
+
+def gated_blocks(arr: Any, thresholds_: Any, *, token: str) -> tuple[Any, dict[Any, Any]]:
+    """``arr`` as one task per block that reads its own inputs once the thresholds exist.
+
+    Each block of the copy computes its part of ``arr``'s graph itself (its inputs read
+    again: the copy shares no task with the statistics pass) and depends on the single chunk
+    of ``thresholds_``, so no input is read for the predictions before the global statistic is
+    known. Returns the copy and the tasks' arguments for :func:`throttle_rows`. With a dask
+    without task-spec graphs (< 2024.12) ``arr`` is returned as it is (same results; the
+    memory then grows with the image).
+    """
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+
+    try:
+        from dask._task_spec import Task, TaskRef, convert_legacy_graph
+    except ImportError:  # pragma: no cover - older dask
+        return arr, {}
+    gate = thresholds_.rechunk(-1) if thresholds_.npartitions > 1 else thresholds_
+    (gate_key,) = dask.core.flatten(gate.__dask_keys__())
+    graph = convert_legacy_graph(dict(arr.__dask_graph__()))
+    name = f"xfusion.{NAME}-inputs-{token}"
+    tasks, args = {}, {}
+    for key in dask.core.flatten(arr.__dask_keys__()):
+        needed, todo = {}, [key]
+        while todo:  # the block's own sub-graph
+            k = todo.pop()
+            if k not in needed:
+                needed[k] = graph[k]
+                todo.extend(graph[k].dependencies)
+        new = (name, *key[1:])
+        args[new] = (_Subgraph(needed, key), gate_key)
+        tasks[new] = Task(new, _run_block, args[new][0], TaskRef(gate_key))
+    hlg = HighLevelGraph.from_collections(name, tasks, dependencies=(gate,))
+    return da.Array(hlg, name, arr.chunks, meta=arr._meta), args
+
+
+def throttle_rows(out: Any, inputs: Any, args: dict[Any, Any], *, lag: int = 2) -> Any:
+    """``out`` whose input blocks of row ``i`` wait for the output blocks of row ``i - lag``.
+
+    ``inputs`` (from :func:`gated_blocks`, same spatial chunks as ``out``) feeds ``out`` through
+    a halo of at most one block, so output row ``i - lag`` never needs input row ``i`` (no
+    cycle). Without this, the threads of the local scheduler read every input block as soon as
+    the thresholds are known, and hold them: the memory then grows with the image; with it,
+    about ``lag + 2`` rows of blocks are in memory whatever the image size. Values and keys of
+    ``out`` are unchanged. Returns ``out`` as it is when the chunks do not line up.
+    """
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+    hlg = out.__dask_graph__()
+    if (not args or out.chunks[-2:] != inputs.chunks[-2:] or out.ndim != inputs.ndim
+            or not isinstance(hlg, HighLevelGraph) or inputs.name not in hlg.layers):  # fmt: skip
+        return out
+    from dask._task_spec import Task, TaskRef, convert_legacy_graph
+
+    # the layers from the input blocks to the output (input blocks, halo exchange, blocks):
+    # merged into the output's layer, as the new dependencies run both ways between them
+    deps = hlg.dependencies
+    merged = {out.name}
+    todo = [out.name]
+    while todo:
+        for dep in deps[todo.pop()]:
+            if dep not in merged and (dep == inputs.name or _reaches(deps, dep, inputs.name)):
+                merged.add(dep)
+                todo.append(dep)
+    raw: dict[Any, Any] = {}
+    for name in merged:
+        raw.update(hlg.layers[name])
+    graph = convert_legacy_graph(raw, all_keys=set(hlg.keys()))
+    ncol = len(out.chunks[-1])
+    nplane = out.numblocks[2]
+    for key, (sub, gate_key) in args.items():
+        *lead, row, _col = key[1:]
+        if row < lag or key not in graph:
+            continue
+        before = [TaskRef((out.name, *lead[:2], k, row - lag, c))
+                  for k in range(nplane) for c in range(ncol)]  # fmt: skip
+        graph[key] = Task(key, _run_block, sub, TaskRef(gate_key), *before)
+    layers = {n: lay for n, lay in hlg.layers.items() if n not in merged}
+    layers[out.name] = MaterializedLayer(graph)
+    dependencies = {n: set(d) for n, d in deps.items() if n not in merged}
+    dependencies[out.name] = {d for n in merged for d in deps[n]} - merged
+    return da.Array(HighLevelGraph(layers, dependencies), out.name, out.chunks, meta=out._meta)
+
+
+def _reaches(deps: Any, start: str, target: str) -> bool:
+    """Whether layer ``start`` depends (transitively) on layer ``target``."""
+    seen, todo = set(), [start]
+    while todo:
+        n = todo.pop()
+        if n == target:
+            return True
+        if n not in seen:
+            seen.add(n)
+            todo.extend(deps[n])
+    return False

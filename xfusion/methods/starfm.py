@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, astuple, dataclass, replace
 from typing import Any, Literal, TypeAlias
@@ -34,6 +33,7 @@ from xfusion.cube.roles import (
     sort_targets,
 )
 from xfusion.cube.validate import TIME, get_geobox, get_nodata, observed_times, require_same_grid
+from xfusion.engine.device import kernel_threads
 from xfusion.engine.run import map_blocks_halo
 from xfusion.errors import (
     InvalidParameterError,
@@ -41,7 +41,7 @@ from xfusion.errors import (
     NoOverlapError,
     TimeAxisError,
 )
-from xfusion.methods._starfm_stats import thresholds
+from xfusion.methods._starfm_stats import gated_blocks, thresholds, throttle_rows
 
 __all__ = ["STARFM_MODES", "STARFM_PRESETS", "StarfmMode", "StarfmParams", "starfm"]
 
@@ -267,9 +267,7 @@ def _to_output(
 
 
 def _starfm_tasks(
-    l1: np.ndarray,
-    m1: np.ndarray,
-    m2: np.ndarray,
+    inputs: np.ndarray,
     thr: np.ndarray,
     *,
     halo_sides: tuple[int, int, int, int],
@@ -285,12 +283,15 @@ def _starfm_tasks(
 ) -> np.ndarray:
     """Predict the block interior of every (target, band) in the block.
 
-    ``l1``/``m1`` are ``(T, B, P, y, x)``, ``m2`` is ``(T, B, 1, y, x)`` and ``thr`` is
+    ``inputs`` is ``(T, B, 2P + 1, y, x)``: ``L1`` of the P pairs, ``M1`` of the P pairs, then
+    ``M2`` (one array, so that each block has one overlap task to wait for); ``thr`` is
     ``(T, B, P, 1, 1)``; the result is ``(T, B, K, y', x')`` with K = 1 (prediction) or 3
     (prediction, candidate count, weight sum).
     """
     from xfusion.methods._starfm_kernel import starfm_block
 
+    npair = thr.shape[2]
+    l1, m1, m2 = inputs[:, :, :npair], inputs[:, :, npair:-1], inputs[:, :, -1:]
     top, bottom, left, right = halo_sides
     ntar, nband, _, ny, nx = l1.shape
     k = 3 if diagnostics else 1
@@ -439,11 +440,26 @@ def _pair_positions(ds: xr.Dataset, roles: Any) -> np.ndarray:
 def _output_dtype(ds: xr.Dataset, name: str, work: xr.DataArray, fill: float | None) -> tuple[
     np.dtype, float | None
 ]:  # fmt: skip
-    """Output dtype and fill of fine variable ``name``: floats → NaN, integers → a fill."""
-    raw = ds[name].dtype
+    """Output dtype and fill of fine variable ``name``: floats → NaN, integers → a fill.
+
+    Integers are the variable's dtype, or the integer dtype its ``encoding`` says it was
+    stored as (float values decoded from integer GeoTIFFs or Zarr, with ``_FillValue``).
+    """
+    var = ds[name]
+    raw = var.dtype
+    stored = var.encoding.get("dtype")
+    if (
+        np.issubdtype(raw, np.floating)
+        and stored is not None
+        and np.issubdtype(np.dtype(stored), np.integer)
+        and (fill is not None or var.encoding.get("_FillValue") is not None)
+    ):
+        raw = np.dtype(stored)
+        if fill is None:
+            fill = float(var.encoding["_FillValue"])
     if not np.issubdtype(raw, np.integer):
         return np.dtype(work.dtype), None
-    out_fill = fill if fill is not None else get_nodata(ds[name])
+    out_fill = fill if fill is not None else get_nodata(var)
     info = np.iinfo(raw)
     if out_fill is None or not (
         float(out_fill).is_integer() and info.min <= float(out_fill) <= info.max
@@ -455,23 +471,6 @@ def _output_dtype(ds: xr.Dataset, name: str, work: xr.DataArray, fill: float | N
             f"Pass fill=... (e.g. fill={info.min}), or convert the variable to float (NaN gaps)."
         )
     return np.dtype(raw), float(out_fill)
-
-
-def _worker_threads(ntasks: int) -> int:
-    """Kernel threads per dask task: 1 when the tasks alone fill the CPUs.
-
-    The CPU budget is the dask config value ``"xfusion.kernel-threads"`` when set (e.g. by
-    :func:`xfusion.run` on a worker that owns one core), else the CPUs of this process.
-    """
-    import dask
-
-    cpus = dask.config.get("xfusion.kernel-threads", None)
-    if cpus is None:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - not Linux
-            cpus = os.cpu_count() or 1
-    return max(1, int(cpus) // max(ntasks, 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,6 +497,7 @@ def starfm(
     fill: float | None = None,
     diagnostics: bool = False,
     device: str = "auto",
+    threads: int | None = None,
 ) -> xr.Dataset:
     """Predict fine images at target dates with STARFM (Gao et al. 2006, USDA v1.2.1).
 
@@ -542,8 +542,11 @@ def starfm(
         USDA ``MAX_SEARCH_DISTANCE`` in metres. The window is
         ``int(2 * max_search_distance / resolution)`` pixels (even windows reach one pixel
         further before the centre than after, as in USDA) and the distance term is
-        ``1 + d / (max_search_distance / resolution)``. Must give a window no larger than
-        the image.
+        ``1 + d / (max_search_distance / resolution)``. A window larger than the image is
+        clipped to it, as in USDA (positions outside the image are not candidates).
+
+        .. versionchanged:: 0.1
+           Windows larger than the image are accepted.
     resolution : float, optional
         Pixel size in metres (USDA ``RESOLUTION``). Default: from the cube's GeoBox (mean of
         the x and y pixel sizes). Required for a geographic CRS (degrees).
@@ -569,6 +572,14 @@ def starfm(
     device : {"auto", "cpu", "cuda"} or "cuda:N", default "auto"
         Where each block runs, resolved in the worker that runs it: ``"auto"`` uses CUDA
         (the torch kernel) when that worker has a GPU, else the numba CPU kernel.
+    threads : int, optional
+        CPU threads of the numba kernel, shared by the blocks that dask may run at once (each
+        gets ``max(1, threads // blocks)``). Default: the dask config value
+        ``"xfusion.kernel-threads"``, else the environment variable
+        ``XFUSION_KERNEL_THREADS``, else every CPU available to the process (see
+        :func:`xfusion.engine.device.kernel_threads`). The result does not depend on it.
+
+        .. versionadded:: 0.1
 
     Returns
     -------
@@ -587,7 +598,7 @@ def starfm(
     ------
     InvalidParameterError
         Unknown preset/mode/pairs, parameters that are zero, negative or not finite, a window
-        larger than the image or smaller than one pixel, a geographic CRS without
+        smaller than one pixel, a geographic CRS without
         ``resolution``, fine/coarse lists of different lengths, an integer fill value that
         does not fit the output dtype.
     NoOverlapError
@@ -619,16 +630,33 @@ def starfm(
     (``|L1_k - L1_c| < 2 std / num_slice``) and passes either residual test
     (``|M1_k - L1_k| <= min_pairs |M1_c - L1_c| + sigma_lsr`` or
     ``|M1_k - M2_k| <= min_pairs |M1_c - M2_c| + sigma_msr``) with
-    ``sigma_lsr = sqrt(u_c^2 + u_f^2)``, ``sigma_msr = sqrt(2) u_c``. Its weight is 1 when
-    ``t_dis < sqrt(sigma_lsr^2 + sigma_msr^2)``, else ``1 / (t_dis (1 + d / A))``. The
+    ``sigma_lsr = sqrt(u_c^2 + u_f^2)``, ``sigma_msr = sqrt(2) u_c``. Its weight is
+    ``1 / (t_dis (1 + d / A))``, or, for a "perfect" candidate whose
+    ``t_dis < sigma_comb = sqrt(sigma_lsr^2 + sigma_msr^2)``, USDA's constant 1. The
     prediction is ``sum w (L1 + M2 - M1) / sum w``. Reference mode reproduces the program's
     integer truncations and rounding; on ``synthetic600`` it matches the USDA output within
     +-1 on every pixel (99.95 % exactly) with the same fill pattern.
 
+    **Units.** USDA's constant 1 and ``+1`` are one x1e4 reflectance unit; in general the
+    perfect weight is ``1 / distance_offset**k`` below ``sigma_comb * distance_offset**(k-1)``
+    (``k`` = 1 with one pair, 2 with two, whose ``t_dis`` is a product), so that every weight
+    changes with the data's unit like ``1 / t_dis``: multiplying the data and every parameter in
+    the data's unit by ``s`` multiplies the prediction by ``s``. Float mode also compares on
+    the grid of ``distance_offset`` steps (each limit halfway between two steps, see
+    :func:`xfusion.methods._starfm_kernel.decision_terms`), so data quantised in those steps
+    (x1e4 integers, or the same values / 1e4) are decided exactly alike at any scale: on
+    ``synthetic600`` / 1e4 the ``"reflectance"`` preset x 1e4 is within 1 DN of ``"usda"`` in
+    float mode on every pixel (same RMSE to the truth, 327.0).
+
+    .. versionchanged:: 0.1
+       The perfect weight follows the unit (it was 1 in every unit, so in 0..1 reflectance the
+       closest candidates weighed least); float mode compares on the offset's grid.
+
     **Presets.** ``"usda"``: the reference defaults for scaled-integer reflectance (x1e4):
     750 m, 40 slices, uncertainties 50, range [0, 10000], offset 1, fill -9999, reference
     mode. ``"reflectance"``: the same physics for 0..1 reflectance (every value / 1e4:
-    uncertainties 0.005, offset 1e-4, range [0, 1]), float mode. ``"lst"``: land-surface
+    uncertainties 0.005, offset 1e-4, range [0, 1]), float mode: its prediction x 1e4 is
+    ``"usda"``'s in float mode on the data x 1e4. ``"lst"``: land-surface
     temperature in kelvin, float mode: ``uncertainty_fine=1.0`` K (Landsat single-channel LST
     retrievals validate at about 1 K), ``uncertainty_coarse=0.5`` K (MOD11A1 is within 0.5 K
     at homogeneous validation sites, Wan 2014); ``distance_offset=0.01`` K (the ``+1`` is one
@@ -645,10 +673,17 @@ def starfm(
     (``boundary="none"``: image edges are edges, never padding) and the similarity threshold
     comes from exact sums over all chunks (Shewchuk expansions, so the sums do not depend on
     how the image is cut), so any chunking gives bit-identical output. Each task holds one
-    target and one band of a chunk plus halo (~10 float32 planes per pair). Because every
-    prediction waits for the global threshold, dask keeps the chunks of the pair-date fine
-    images in memory between the statistics pass and the predictions (4 bytes per pixel,
-    band and pair date: 0.4 GB for one 10000 x 10000 band); everything else is O(chunk).
+    target and one band of a chunk plus halo (~10 float32 planes per pair). Every prediction
+    waits for the global threshold; so that dask holds no chunk across that wait, the
+    predictions read their inputs again once it is known (the pair-date fine images are read
+    twice) and the input blocks of a row start when the predictions two rows above are done
+    (:mod:`xfusion.methods._starfm_stats`): memory is a few rows of chunks, not the image
+    (streamed from Zarr to Zarr, one band, 1024 px chunks: peak RSS 0.72 GB at 5000 x 5000
+    and 0.98 GB at 10000 x 10000, see ``benchmarks/README.md``).
+
+    .. versionchanged:: 0.1
+       The statistics pass no longer keeps the chunks for the predictions (2.04 GB before at
+       10000 x 10000).
 
     **Speed.** About ``npairs * window**2`` candidate tests per pixel: ~4 M px/s on two CPU
     cores at the USDA window of 50 (the C program: 92 k px/s).
@@ -720,19 +755,11 @@ def starfm(
     pixel = _pixel_size(ds, resolution)
     window = int(params.max_search_distance * 2.0 / pixel)
     ydim, xdim = roles.dims
-    ny, nx = ds.sizes[ydim], ds.sizes[xdim]
     if window < 1:
         raise InvalidParameterError(
             f"starfm() window int(2 * max_search_distance / resolution) = int(2 * "
             f"{params.max_search_distance:g} / {pixel:g}) is 0 pixels. Use max_search_distance "
             f">= {pixel / 2:g} m (half a pixel)."
-        )
-    if window > min(ny, nx):
-        raise InvalidParameterError(
-            f"starfm() window of {window} px (int(2 * max_search_distance / resolution) = "
-            f"int(2 * {params.max_search_distance:g} / {pixel:g})) is larger than the image "
-            f"({ny} x {nx} px). Use max_search_distance <= {min(ny, nx) * pixel / 2:g} m, or a "
-            "larger area."
         )
     distance_scale = params.max_search_distance / pixel
 
@@ -795,6 +822,7 @@ def starfm(
                   for b in range(nband)])
         for k in range(ntar)
     ])[..., None, None]  # fmt: skip
+    inputs = xp.concatenate([l1, m1, m2], axis=2)  # (T, B, 2P + 1, y, x): one overlap/block
 
     kdim = 3 if diagnostics else 1
     all_dtypes = [*out_dtypes, *((np.dtype(np.int32), np.dtype(np.float32)) if diagnostics
@@ -803,21 +831,28 @@ def starfm(
     before = window // 2
     ntasks = ntar * nband
     if lazy:
-        lead = ((1,) * ntar, (1,) * nband, (npair,))
-        l1 = l1.rechunk({0: 1, 1: 1, 2: -1})
-        m1 = m1.rechunk({0: 1, 1: 1, 2: -1})
-        m2 = m2.rechunk({0: 1, 1: 1, 2: -1})
+        import dask.array as da
+
+        # the spatial chunks map_blocks_halo would use (none shorter than the halo), so that
+        # the input blocks line up with the output blocks for throttle_rows
+        space = tuple(
+            (sum(c),) if sum(c) <= before else
+            da.overlap.ensure_minimum_chunksize(before, c) if len(c) > 1 else c
+            for c in inputs.chunks[3:]
+        )  # fmt: skip
+        inputs = inputs.rechunk(((1,) * ntar, (1,) * nband, (2 * npair + 1,), *space))
+        # the predictions read their inputs again, once the thresholds are known (see
+        # xfusion.methods._starfm_stats)
+        inputs, gated = gated_blocks(inputs, thr_ub, token=token)
         thr = thr.rechunk((1, 1, npair, 1, 1))
-        ntasks *= len(l1.chunks[3]) * len(l1.chunks[4])
-        leading = (lead[0], lead[1], (kdim,))
+        ntasks *= len(inputs.chunks[3]) * len(inputs.chunks[4])
+        leading = ((1,) * ntar, (1,) * nband, (kdim,))
     else:
         leading = None
-    threads = _worker_threads(ntasks) if lazy else None
+    threads = kernel_threads(threads, ntasks=ntasks if lazy else 1)
     out = map_blocks_halo(
         _starfm_tasks,
-        l1,
-        m1,
-        m2,
+        inputs,
         halo=before,
         dtype=stack_dtype,
         leading_chunks=leading,
@@ -836,6 +871,8 @@ def starfm(
             "threads": threads,
         },
     )
+    if lazy:
+        out = throttle_rows(out, inputs, gated)
 
     data: dict[str, Any] = {}
     for b, fname in enumerate(roles.fine):
@@ -856,7 +893,7 @@ def starfm(
     res = assemble_result(ds, data, like=like, target_idx=tidx, time_coords=time_coords)
     for b, fname in enumerate(roles.fine):
         if out_fills[b] is not None:
-            res[fname].attrs["nodata"] = out_fills[b]
+            res[fname].attrs["nodata"] = int(out_fills[b])
     record = {**asdict(params), "window": window, "resolution": pixel,
               "npairs": npair, "device": device}  # fmt: skip
     record["data_range"] = [x if math.isfinite(x) else str(x) for x in params.data_range]
