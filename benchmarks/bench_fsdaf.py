@@ -76,28 +76,31 @@ def _speed_data(size: int, bands: list[str]) -> tuple[np.ndarray, np.ndarray, np
 
 def _fsdaf_stages(f1: np.ndarray, c1: np.ndarray, c2: np.ndarray, threads: int) -> dict[str, float]:
     """Every step of the method's in-memory path, timed (same calls as xfusion.fsdaf)."""
+    from dataclasses import replace
+
+    from xfusion.methods import _fsdaf_graph as G
     from xfusion.methods import fsdaf as F
     from xfusion.methods._fsdaf_kernel import ISODATA_SAMPLE
 
-    params = F.replace(F.FSDAF_PRESETS["zhu"], scale_factor=16)
+    params = replace(F.FSDAF_PRESETS["zhu"], scale_factor=16)
     ny, nx = f1.shape[1:]
     t = {}
     c_start = time.process_time()
     t0 = time.perf_counter()
-    sample, _ = F._isodata_sample(f1, ISODATA_SAMPLE)
-    centers = F._fit_centers(sample, params=params, n_total=ny * nx)
-    lab = F._classify_block(f1, centers)
+    sample, _ = G._isodata_sample(f1, ISODATA_SAMPLE)
+    centers = G._fit_centers(sample, params=params, n_total=ny * nx)
+    lab = G._classify_block(f1, centers)
     t["classes"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    std = F._global_std(f1, "")
-    k = F._n_classes(lab, "")
+    std = G._global_std(f1, "")
+    k = G._n_classes(lab, "")
     t["global_stats"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ch = F._change_numpy(f1, c1, c2, lab, params=params, s=16, class_change=None,
+    ch = G._change_numpy(f1, c1, c2, lab, params=params, s=16, class_change=None,
                          with_hi=False, threads=threads)  # fmt: skip
     t["blocks_steps_3_12"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    F._predict_task(f1, ch, c1, c2, lab, std, k, halo_sides=(0, 0, 0, 0), params=params,
+    G._predict_task(f1, ch, c1, c2, lab, std, k, halo_sides=(0, 0, 0, 0), params=params,
                     threads=threads)  # fmt: skip
     t["similar_pixels_step_13"] = time.perf_counter() - t0
     t["total"] = sum(t.values())

@@ -204,6 +204,21 @@ def test_unreadable_path_exits_1_naming_it(tifs, tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_truncated_file_exits_1_naming_it(tifs, tmp_path, capsys):
+    """A GeoTIFF cut short (an interrupted download) fails at read time inside dask: the
+    error names the file and the block, not GDAL's TIFFFillStrip."""
+    rng = np.random.default_rng(0)
+    fine = write_tif(tmp_path / "cut_0308.tif", rng.random((256, 240)).astype("float32"))
+    size = os.path.getsize(fine)
+    with open(fine, "r+b") as f:
+        f.truncate(int(size * 0.6))
+    argv = fuse_args({**tifs, "fine": fine}, tmp_path / "pred.tif", "--chunks", "64")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "RasterReadError" in err and repr(fine) in err and "truncated" in err
+    assert "Traceback" not in err
+
+
 def test_no_pair_exits_1(tifs, tmp_path, capsys):
     argv = [
         "fuse",

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from _ref_fsdaf import make_scene, ref_bvls, ref_clamp, ref_fsdaf, ref_tps
 
+from xfusion.methods import _fsdaf_graph as G
 from xfusion.methods import _fsdaf_kernel as K
+from xfusion.methods import _fsdaf_similar as KS
 from xfusion.methods import fsdaf as F
 
 
@@ -28,12 +30,12 @@ def fast_fsdaf(f1, c1, c2, classes, *, s, w, n_similar=20, n_pure=100,
                        scale_factor=s, interpolator=interpolator)  # fmt: skip
     ok = np.all(np.isfinite(f1), axis=0)
     f1m = np.where(ok, f1, np.nan)
-    lab = F._mask_labels(np.asarray(classes)[None], f1m)
-    ch = F._change_numpy(f1m, c1, c2, lab, params=params, s=s, class_change=None)
+    lab = G._mask_labels(np.asarray(classes)[None], f1m)
+    ch = G._change_numpy(f1m, c1, c2, lab, params=params, s=s, class_change=None)
     nb = f1.shape[0]
-    std = F._global_std(f1m, "")
-    k = F._n_classes(lab, "")
-    pred = F._predict_task(f1m, ch[:nb], c1, c2, lab, std, k, halo_sides=(0, 0, 0, 0),
+    std = G._global_std(f1m, "")
+    k = G._n_classes(lab, "")
+    pred = G._predict_task(f1m, ch[:nb], c1, c2, lab, std, k, halo_sides=(0, 0, 0, 0),
                            params=params, threads=threads)  # fmt: skip
     return pred, ch[:nb], ch[nb]
 
@@ -97,8 +99,8 @@ def test_threads_and_halo_blocks_bit_identical():
     d21 = rng.normal(0, 50, f1.shape)
     th = np.array([300.0, 250.0])
     target = cls > 1
-    whole = K.predict_block(f1, d21, c1, c2, target, thresholds=th, half_window=w, threads=1)
-    three = K.predict_block(f1, d21, c1, c2, target, thresholds=th, half_window=w, threads=3)
+    whole = KS.predict_block(f1, d21, c1, c2, target, thresholds=th, half_window=w, threads=1)
+    three = KS.predict_block(f1, d21, c1, c2, target, thresholds=th, half_window=w, threads=3)
     np.testing.assert_array_equal(whole.prediction, three.prediction)
     out = np.empty_like(whole.prediction)
     for (ya, yb), (xa, xb) in [((0, 20), (0, 25)), ((0, 20), (25, 46)), ((20, 50), (0, 25)),
@@ -106,7 +108,7 @@ def test_threads_and_halo_blocks_bit_identical():
         y0, y1 = max(0, ya - w), min(50, yb + w)
         x0, x1 = max(0, xa - w), min(46, xb + w)
         sl = (slice(None), slice(y0, y1), slice(x0, x1))
-        res = K.predict_block(f1[sl], d21[sl], c1[sl], c2[sl], target[sl[1:]], thresholds=th,
+        res = KS.predict_block(f1[sl], d21[sl], c1[sl], c2[sl], target[sl[1:]], thresholds=th,
                               half_window=w, halo=(ya - y0, y1 - yb, xa - x0, x1 - xb))  # fmt: skip
         out[:, ya:yb, xa:xb] = res.prediction
     np.testing.assert_array_equal(out, whole.prediction)
@@ -150,7 +152,7 @@ def test_constant_f1_uses_the_guard():
     assert np.ptp(d21) > 1.0  # the residuals really vary
     ref, _, _ = ref_fsdaf(f1, c1, c2, cls, s=s, w=4, block_cells=2)
     assert np.abs(pred - ref).max() < 1e-6
-    res = K.predict_block(f1, d21, c1, c2, cls > 0, thresholds=[0.0, 0.0], half_window=4)
+    res = KS.predict_block(f1, d21, c1, c2, cls > 0, thresholds=[0.0, 0.0], half_window=4)
     np.testing.assert_array_equal(res.n_similar, 0)
 
 
@@ -310,10 +312,10 @@ def test_admission_bound_never_changes_the_result(monkeypatch, margin):
     d21 = rng.normal(0, 50, f1.shape)
     th = np.array([400.0, 350.0])
     kw = {"thresholds": th, "half_window": 5, "n_similar": 12}
-    monkeypatch.setattr(K, "_MARGIN", 1e300)  # effectively no bound
-    free = K.predict_block(f1, d21, c1, c2, cls > 0, **kw)
-    monkeypatch.setattr(K, "_MARGIN", margin)
-    bounded = K.predict_block(f1, d21, c1, c2, cls > 0, **kw)
+    monkeypatch.setattr(KS, "_MARGIN", 1e300)  # effectively no bound
+    free = KS.predict_block(f1, d21, c1, c2, cls > 0, **kw)
+    monkeypatch.setattr(KS, "_MARGIN", margin)
+    bounded = KS.predict_block(f1, d21, c1, c2, cls > 0, **kw)
     np.testing.assert_array_equal(bounded.prediction, free.prediction)
     np.testing.assert_array_equal(bounded.n_similar, free.n_similar)
 
@@ -326,8 +328,8 @@ def test_block_stage_is_thread_safe():
     rng = np.random.default_rng(17)
     f1, c1, c2, cls, _ = make_scene(rng, nb=2, shape=(64, 64), s=8)
     params = F.replace(F.FSDAF_PRESETS["zhu"], half_window=4, block_cells=2, scale_factor=8)
-    lab = F._mask_labels(cls[None], f1)
+    lab = G._mask_labels(cls[None], f1)
     kw = {"params": params, "s": 8, "class_change": None}
-    one = F._change_numpy(f1, c1, c2, lab, **kw, threads=1)
+    one = G._change_numpy(f1, c1, c2, lab, **kw, threads=1)
     for _ in range(3):
-        np.testing.assert_array_equal(F._change_numpy(f1, c1, c2, lab, **kw, threads=3), one)
+        np.testing.assert_array_equal(G._change_numpy(f1, c1, c2, lab, **kw, threads=3), one)

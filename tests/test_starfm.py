@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -599,8 +600,11 @@ def test_docstring_examples_run():
 
 
 def test_presets_and_overrides():
-    usda = S._resolve_params(None, {})
-    assert usda == S.STARFM_PRESETS["usda"] and usda.mode == "reference"
+    auto = S._resolve_params(None, {})
+    assert auto == S.STARFM_PRESETS["auto"] and auto.auto_unit and auto.mode == "reference"
+    assert S._resolve_params(None, {"data_range": (0, 1)}).auto_unit is False
+    usda = S._resolve_params("usda", {})
+    assert usda == dataclasses.replace(auto, auto_unit=False)
     lst = S._resolve_params("lst", {"uncertainty_fine": 0.7})
     assert lst.mode == "float" and lst.uncertainty_fine == 0.7 and lst.uncertainty_coarse == 0.5
     refl = S._resolve_params("reflectance", {"mode": "reference", "data_range": [0, 2]})
@@ -675,6 +679,35 @@ def test_every_preset_equals_usda_on_the_data_rescaled(rng, preset, pairs, quant
     assert same.mean() >= 0.99
     np.testing.assert_allclose(got.fine_weight_sum.values[same] / scale**k,
                                want.fine_weight_sum.values[same], rtol=2e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_default_preset_finds_the_unit_per_variable(rng, lazy):
+    """preset "auto" (the default): x1e4 data get "usda" exactly, 0..1 data "reflectance"
+    (before: the usda default left 0..1 reflectance all NaN); one decision per variable."""
+    ds = _unit_cube(rng, "usda", quantised=True)
+    f, c = ds.fine.values, ds.coarse.values
+    both = from_numpy({"fine": f, "coarse": c, "refl": f / 1e4, "refl_c": c / 1e4},
+                      geobox=gbox(*f.shape[1:]), times=TIMES[:3],
+                      observed={"fine": [True, False, True], "coarse": [True] * 3,
+                                "refl": [True, False, True], "refl_c": [True] * 3})  # fmt: skip
+    if lazy:
+        both = both.chunk({"y": 17, "x": 23})
+    kw = {"fine": ["fine", "refl"], "coarse": ["coarse", "refl_c"]}
+    got = xfusion.starfm(both, **kw)
+    usda = xfusion.starfm(ds, fine="fine", coarse="coarse", preset="usda")
+    refl = xfusion.starfm(ds / 1e4, fine="fine", coarse="coarse", preset="reflectance")
+    np.testing.assert_array_equal(got.fine.values, usda.fine.values)
+    np.testing.assert_array_equal(got.refl.values, refl.fine.values)
+    assert np.isfinite(got.refl.values).mean() > 0.9
+    # the same as usda in float mode on the data x 1e4, within 1 DN
+    flt = xfusion.starfm(ds, fine="fine", coarse="coarse", preset="usda", mode="float")
+    within1, same_nan = _agree(got.refl.values * 1e4, flt.fine.values, tol=1.0)
+    assert same_nan and within1 >= 0.999
+    # a unit-bearing parameter turns the detection off (the usda range on 0..1 data: NaN)
+    with pytest.warns(RuntimeWarning, match="constant|data_range"):
+        off = xfusion.starfm(ds / 1e4, fine="fine", coarse="coarse", uncertainty_fine=50.0)
+    assert np.isnan(off.fine.values).all()
 
 
 def test_reflectance_preset_equals_usda_float_on_synthetic600(s600):

@@ -255,13 +255,14 @@ def _open(meta: _RasterMeta, chunks: tuple[int, int] | None) -> xr.DataArray:
         if chunks is None:
             da_ = rioxarray.open_rasterio(meta.path, masked=False, mask_and_scale=False)
             return da_.load()
-        return rioxarray.open_rasterio(
+        from xfusion.cube.raster import open_guarded
+
+        return open_guarded(
             meta.path,
+            chunks={"band": 1, "y": chunks[0], "x": chunks[1]},
+            what=f"{meta.role} GeoTIFF for {_fmt_date(meta.date)}",
             masked=False,
             mask_and_scale=False,
-            chunks={"band": 1, "y": chunks[0], "x": chunks[1]},
-            lock=False,
-            cache=False,
         )
     except OSError as err:
         raise RasterReadError(

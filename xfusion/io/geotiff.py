@@ -150,13 +150,14 @@ def write_bands(out: xr.DataArray | xr.Dataset, path: str) -> None:
 
 
 def read_geotiff(path: str, *, chunks: int, role: str) -> xr.DataArray:
-    import rioxarray
-
+    from xfusion.cube.raster import open_guarded
     from xfusion.errors import RasterReadError
 
     try:
-        arr = rioxarray.open_rasterio(path, chunks={"band": -1, "y": chunks, "x": chunks},
-                                      masked=True)
+        arr = open_guarded(path, chunks={"band": -1, "y": chunks, "x": chunks},
+                           what=f"{role} GeoTIFF", masked=True)
+    except RasterReadError:
+        raise
     except Exception as err:
         raise RasterReadError(f"Cannot read the {role} GeoTIFF {path!r}: {err}") from None
     assert isinstance(arr, xr.DataArray)

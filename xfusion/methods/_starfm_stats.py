@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 from fractions import Fraction
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,31 @@ if TYPE_CHECKING:
 
 NAME = "starfm"
 
-__all__ = ["gated_blocks", "moment_parts", "threshold_from_parts", "thresholds", "throttle_rows"]
+__all__ = [
+    "AUTO_REFLECTANCE_MAX",
+    "AUTO_SCALE",
+    "unit_params",
+    "gated_blocks", "moment_parts", "threshold_from_parts", "thresholds", "throttle_rows"]
+
+
+#: Preset "auto": a fine variable whose valid values all lie within [-AUTO_REFLECTANCE_MAX,
+#: AUTO_REFLECTANCE_MAX] at the pair dates is 0..1 reflectance (odc-stac/xfusion scaling) and
+#: gets the "usda" parameters x AUTO_SCALE.
+AUTO_REFLECTANCE_MAX = 2.0
+AUTO_SCALE = 1e-4
+
+
+
+def unit_params(params: StarfmParams, scale: float) -> StarfmParams:
+    """``params`` in a unit ``1 / scale`` times larger: every parameter in the data's unit x
+    ``scale``, float mode, no fill value (``"usda"`` x 1e-4 is ``"reflectance"``)."""
+    lo, hi = params.data_range
+    return replace(
+        params, uncertainty_fine=params.uncertainty_fine * scale,
+        uncertainty_coarse=params.uncertainty_coarse * scale,
+        data_range=(lo * scale, hi * scale), distance_offset=params.distance_offset * scale,
+        fill=None, mode="float", auto_unit=False,
+    )  # fmt: skip
 
 
 _NPART = 64  # room for the partials of an exact float64 sum (at most ~40 for finite doubles)
@@ -169,34 +194,102 @@ def threshold_from_parts(
     return out
 
 
+def _unit_parts(block: np.ndarray, *, fill: float | None) -> np.ndarray:
+    """``(U, B, y, x)`` -> ``(U, B, 1, 2)``: the number of finite values (other than ``fill``)
+    and their largest magnitude (0 without one), for preset "auto"'s unit detection."""
+    v = block.astype(np.float64, copy=False)
+    ok = np.isfinite(v)
+    if fill is not None and not math.isnan(fill):
+        ok &= v != fill
+    out = np.zeros((*block.shape[:2], 1, 2), np.float64)
+    out[..., 0, 0] = ok.sum(axis=(2, 3))
+    if ok.any():
+        out[..., 0, 1] = np.where(ok, np.abs(v), 0.0).max(axis=(2, 3))
+    return out
+
+
+def _auto_thresholds(pa: np.ndarray, pb: np.ndarray, units: np.ndarray, *,
+                     params: StarfmParams, labels: Any) -> np.ndarray:  # fmt: skip
+    """Preset "auto": per fine variable (band), the thresholds in the data's unit and the unit
+    scale, ``(U, B, 2)``. ``pa``/``pb``: moments with the parameters as given and x 1e-4;
+    ``units``: :func:`_unit_parts` of every block."""
+    u, nb = pa.shape[:2]
+    alt = unit_params(params, AUTO_SCALE)
+    flat = units.reshape(u, nb, -1, 2)
+    out = np.ones((u, nb, 2), np.float64)
+    for b in range(nb):
+        n = flat[:, b, :, 0].sum()
+        small = n > 0 and float(flat[:, b, :, 1].max()) <= AUTO_REFLECTANCE_MAX
+        prm, parts = (alt, pb) if small else (params, pa)
+        out[:, b, 0] = threshold_from_parts(
+            parts[:, b : b + 1], num_slice=prm.num_slice, reference=prm.mode == "reference",
+            labels=None if labels is None else [[lab[b]] for lab in labels],
+        )[:, 0]  # fmt: skip
+        out[:, b, 1] = AUTO_SCALE if small else 1.0
+    return out
+
+
+def _auto_block(pa: np.ndarray, pb: np.ndarray, units: np.ndarray, *, params: StarfmParams,
+                labels: Any, block_info: dict[Any, Any] | None = None) -> np.ndarray:  # fmt: skip
+    if block_info is None or None not in block_info:  # meta probing
+        return np.ones((*pa.shape[:2], 1, 2), np.float64)
+    return _auto_thresholds(pa, pb, units, params=params, labels=labels)[:, :, None, :]
+
+
 def thresholds(
     pairs_img: Any, *, params: StarfmParams, labels: list[list[str]], token: str
 ) -> Any:
-    """Similarity thresholds ``(U, B)`` of the pair-date fine images ``(U, B, y, x)``.
+    """Similarity thresholds and unit scales ``(U, B, 2)`` of the pair-date fine images
+    ``(U, B, y, x)``: ``[..., 0]`` the threshold, ``[..., 1]`` the scale of the parameters
+    (1, or 1e-4 where preset ``"auto"`` found 0..1 data, one scale per band).
 
-    numpy in → numpy out (computed now); dask in → a lazy ``(U, B)`` dask array computed by
-    one exact reduction over the chunks (no compute here).
+    numpy in → numpy out (computed now); dask in → a lazy dask array computed by exact
+    reductions over the chunks (no compute here).
     """
     lo, hi = params.data_range
     kw = {"lo": lo, "hi": hi, "fill": params.fill}
     agg = {"num_slice": params.num_slice, "reference": params.mode == "reference",
            "labels": labels}  # fmt: skip
+    alt_kw: dict[str, Any] = {}
+    if params.auto_unit:
+        alt = unit_params(params, AUTO_SCALE)
+        alt_kw = {"lo": alt.data_range[0], "hi": alt.data_range[1], "fill": alt.fill}
     if not dask.is_dask_collection(pairs_img):
-        return threshold_from_parts(moment_parts(pairs_img, **kw), **agg)
+        if params.auto_unit:
+            return _auto_thresholds(
+                moment_parts(pairs_img, **kw), moment_parts(pairs_img, **alt_kw),
+                _unit_parts(pairs_img, fill=params.fill), params=params, labels=labels,
+            )  # fmt: skip
+        thr = threshold_from_parts(moment_parts(pairs_img, **kw), **agg)
+        return np.stack([thr, np.ones_like(thr)], axis=-1)
     import dask.array as da
 
     ny, nx = (len(c) for c in pairs_img.chunks[2:])
-    parts = da.map_blocks(
-        moment_parts,
-        pairs_img,
-        **kw,
-        chunks=(*pairs_img.chunks[:2], (1,) * ny, (_PARTS,) * nx),
-        dtype=np.float64,
-        meta=np.empty((0, 0, 0, 0), np.float64),
-        name=f"xfusion.{NAME}-moments-{token}",
-    )
+
+    def parts_of(func: Any, width: int, tag: str, **fkw: Any) -> Any:
+        return da.map_blocks(
+            func, pairs_img, **fkw,
+            chunks=(*pairs_img.chunks[:2], (1,) * ny, (width,) * nx), dtype=np.float64,
+            meta=np.empty((0, 0, 0, 0), np.float64), name=f"xfusion.{NAME}-{tag}-{token}",
+        )  # fmt: skip
+
+    parts = parts_of(moment_parts, _PARTS, "moments", **kw)
+    if params.auto_unit:
+        whole = [
+            p.rechunk(-1) for p in (
+                parts, parts_of(moment_parts, _PARTS, "moments-unit", **alt_kw),
+                parts_of(_unit_parts, 2, "unit", fill=params.fill),
+            )
+        ]  # fmt: skip
+        u, nb = pairs_img.shape[:2]
+        out = da.map_blocks(
+            _auto_block, *whole, params=params, labels=labels,
+            chunks=((u,), (nb,), (1,), (2,)), dtype=np.float64,
+            meta=np.empty((0, 0, 0, 0), np.float64), name=f"xfusion.{NAME}-threshold-{token}",
+        )  # fmt: skip
+        return out[:, :, 0, :]
     parts = parts.rechunk({0: 1, 1: 1, 2: -1, 3: -1})
-    return da.map_blocks(
+    thr = da.map_blocks(
         thresholds_block,
         parts,
         **agg,
@@ -206,6 +299,7 @@ def thresholds(
         meta=np.empty((0, 0), np.float64),
         name=f"xfusion.{NAME}-threshold-{token}",
     )
+    return da.stack([thr, da.ones_like(thr)], axis=-1)
 
 
 def thresholds_block(

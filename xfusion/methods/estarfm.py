@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -36,6 +35,7 @@ from xfusion.cube.roles import (
     sort_targets,
 )
 from xfusion.cube.validate import TIME, get_nodata, observed_times, require_same_grid
+from xfusion.engine.device import kernel_threads as _kernel_threads
 from xfusion.engine.run import map_blocks_halo
 from xfusion.errors import (
     EmptyPredictionWarning,
@@ -183,18 +183,6 @@ def _output_dtype(ds: xr.Dataset, name: str, work: xr.DataArray, fill: float | N
         )
     return np.dtype(raw), float(out_fill)
 
-
-def _worker_threads(ntasks: int) -> int:
-    """Kernel threads per dask task: 1 when the tasks alone fill the CPUs (as starfm)."""
-    import dask
-
-    cpus = dask.config.get("xfusion.kernel-threads", None)
-    if cpus is None:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - not Linux
-            cpus = os.cpu_count() or 1
-    return max(1, int(cpus) // max(ntasks, 1))
 
 
 def _to_output(pred: np.ndarray, dtype: np.dtype, fill: float | None) -> np.ndarray:
@@ -801,7 +789,7 @@ def estarfm(
     if lazy:
         leading = (x.chunks[0], (kdim,), (nb,))
         ntasks = nt * len(x.chunks[3]) * len(x.chunks[4])
-        threads = _worker_threads(ntasks)
+        threads = _kernel_threads(ntasks=ntasks)
     else:
         leading = None
         threads = None

@@ -41,7 +41,12 @@ from xfusion.errors import (
     NoOverlapError,
     TimeAxisError,
 )
-from xfusion.methods._starfm_stats import gated_blocks, thresholds, throttle_rows
+from xfusion.methods._starfm_stats import (
+    gated_blocks,
+    thresholds,
+    throttle_rows,
+    unit_params,
+)
 
 __all__ = ["STARFM_MODES", "STARFM_PRESETS", "StarfmMode", "StarfmParams", "starfm"]
 
@@ -82,6 +87,9 @@ class StarfmParams:
     """USDA ``FILL``: inputs equal to it are unobserved (``None``: only NaN/declared nodata)."""
     mode: str
     """``"reference"`` or ``"float"``."""
+    auto_unit: bool = False
+    """Preset ``"auto"``: images whose valid values all lie within [-2, 2] (0..1
+    reflectance) use these parameters x 1e-4 in float mode, without fill (see :func:`starfm`)."""
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         return (type(self).__name__, *astuple(self))
@@ -119,7 +127,13 @@ STARFM_PRESETS: dict[str, StarfmParams] = {
         mode="float",
     ),
 }
+STARFM_PRESETS["auto"] = replace(STARFM_PRESETS["usda"], auto_unit=True)
 """Parameter presets by name (see :func:`starfm`, Notes, for the reasoning behind each value)."""
+
+#: Parameters in the data's unit: giving one turns the "auto" unit detection off.
+_UNIT_PARAMS = ("mode", "uncertainty_fine", "uncertainty_coarse", "data_range",
+                "distance_offset", "fill")
+
 
 def _positive(name: str, value: Any, *, integer: bool = False, hint: str = "") -> None:
     ok = not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
@@ -134,11 +148,14 @@ def _positive(name: str, value: Any, *, integer: bool = False, hint: str = "") -
 
 def _resolve_params(preset: str | None, overrides: Mapping[str, Any]) -> StarfmParams:
     if preset is None:
-        base = STARFM_PRESETS["usda"]
+        base = STARFM_PRESETS["auto"]
     else:
         require_choice(preset, tuple(STARFM_PRESETS), name="preset", method=NAME)
         base = STARFM_PRESETS[preset]
-    params = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    params = replace(base, **given)
+    if params.auto_unit and any(k in given for k in _UNIT_PARAMS):
+        params = replace(params, auto_unit=False)
     if params.mode not in STARFM_MODES:
         require_choice(params.mode, STARFM_MODES, name="mode", method=NAME)
     _positive(
@@ -285,7 +302,8 @@ def _starfm_tasks(
 
     ``inputs`` is ``(T, B, 2P + 1, y, x)``: ``L1`` of the P pairs, ``M1`` of the P pairs, then
     ``M2`` (one array, so that each block has one overlap task to wait for); ``thr`` is
-    ``(T, B, P, 1, 1)``; the result is ``(T, B, K, y', x')`` with K = 1 (prediction) or 3
+    ``(T, B, P, 2, 1)``: the threshold of each pair, then the unit scale of the parameters
+    (1, or 1e-4 where preset ``"auto"`` found 0..1 data: one scale per variable); the result is ``(T, B, K, y', x')`` with K = 1 (prediction) or 3
     (prediction, candidate count, weight sum).
     """
     from xfusion.methods._starfm_kernel import starfm_block
@@ -298,6 +316,51 @@ def _starfm_tasks(
     out = np.empty((ntar, nband, k, ny - top - bottom, nx - left - right), stack_dtype)
     if out.size == 0:
         return out
+    tdev = _torch_device(device)
+    if tdev is None:
+        run = starfm_block
+        extra: dict[str, Any] = {"threads": threads}
+    else:
+        from xfusion.methods._starfm_torch import starfm_block_torch
+
+        run = starfm_block_torch
+        extra = {"device": tdev}
+    for t in range(ntar):
+        for b in range(nband):
+            prm = params
+            scale = float(thr[t, b, 0, 1, 0])
+            if prm.auto_unit and scale != 1.0:
+                prm = unit_params(prm, scale)  # preset "auto" on 0..1 data
+            reference = prm.mode == "reference"
+            dtype = np.dtype(out_dtypes[b])
+            ofill = out_fills[b]
+            arrays = [l1[t, b], m1[t, b], m2[t, b, 0]]
+            if prm.fill is not None and not math.isnan(prm.fill):
+                arrays = [np.where(a == prm.fill, np.float32(np.nan), a) for a in arrays]
+            integer_fill = reference and ofill is not None and not np.issubdtype(
+                dtype, np.floating
+            )
+            res = run(
+                *arrays,
+                thresholds=thr[t, b, :, 0, 0],
+                fill_value=float(ofill) if integer_fill else math.nan,
+                window=window,
+                halo=halo_sides,
+                fine_uncertainty=prm.uncertainty_fine,
+                coarse_uncertainty=prm.uncertainty_coarse,
+                distance_scale=distance_scale,
+                distance_offset=prm.distance_offset,
+                data_range=prm.data_range,
+                reference=reference,
+                diagnostics=diagnostics,
+                **extra,
+            )
+            pred = res.prediction if diagnostics else res
+            out[t, b, 0] = _to_output(pred, dtype, ofill, reference=reference)
+            if diagnostics:
+                out[t, b, 1] = res.n_candidates
+                out[t, b, 2] = res.weight_sum
+    return out
     tdev = _torch_device(device)
     reference = params.mode == "reference"
     fill = params.fill
@@ -485,7 +548,7 @@ def starfm(
     coarse: str | Sequence[str],
     targets: Any = None,
     pairs: StarfmPairs | Any = "nearest",
-    preset: Literal["usda", "reflectance", "lst"] | None = None,
+    preset: Literal["auto", "usda", "reflectance", "lst"] | None = None,
     mode: StarfmMode | None = None,
     max_search_distance: float | None = None,
     resolution: float | None = None,
@@ -529,9 +592,17 @@ def starfm(
         one date for all targets, a list with one date per target, or a mapping target →
         date; a ``(before, after)`` tuple (or a list of them, one per target, or a mapping
         target → tuple) selects two-pair mode with those dates.
-    preset : {"usda", "reflectance", "lst"}, optional
-        Defaults for every parameter below (see Notes); ``None`` means ``"usda"``.
-        Parameters given explicitly override the preset.
+    preset : {"auto", "usda", "reflectance", "lst"}, optional
+        Defaults for every parameter below (see Notes); ``None`` means ``"auto"``: ``"usda"``,
+        except for fine variables whose valid values at the pair dates all lie within
+        [-2, 2] (0..1 reflectance, as odc-stac and :func:`xfusion.load_cube` scale Landsat and
+        Sentinel-2), which get ``"reflectance"`` (the same physics x 1e-4, float mode). The
+        unit is found with the global thresholds, lazily, per variable. Giving ``mode``,
+        ``uncertainty_fine``, ``uncertainty_coarse``, ``data_range``, ``distance_offset`` or
+        ``fill`` turns the detection off. Parameters given explicitly override the preset.
+
+        .. versionchanged:: 0.1
+           The default is ``"auto"`` (it was ``"usda"``, which left 0..1 data unpredicted).
     mode : {"reference", "float"}, optional
         ``"reference"``: the USDA v1.2.1 program exactly (integer-truncated uncertainties,
         threshold ``int(2 std / num_slice + 0.5)``, predictions rounded half up, filled
@@ -821,7 +892,7 @@ def starfm(
         xp.stack([xp.stack([thr_ub[where[int(pl[k])], b] for pl in pair_lists])
                   for b in range(nband)])
         for k in range(ntar)
-    ])[..., None, None]  # fmt: skip
+    ])[..., None]  # fmt: skip  (T, B, P, 2, 1): thresholds and unit scales
     inputs = xp.concatenate([l1, m1, m2], axis=2)  # (T, B, 2P + 1, y, x): one overlap/block
 
     kdim = 3 if diagnostics else 1
@@ -844,7 +915,7 @@ def starfm(
         # the predictions read their inputs again, once the thresholds are known (see
         # xfusion.methods._starfm_stats)
         inputs, gated = gated_blocks(inputs, thr_ub, token=token)
-        thr = thr.rechunk((1, 1, npair, 1, 1))
+        thr = thr.rechunk((1, 1, npair, 2, 1))
         ntasks *= len(inputs.chunks[3]) * len(inputs.chunks[4])
         leading = ((1,) * ntar, (1,) * nband, (kdim,))
     else:
