@@ -414,6 +414,27 @@ def _print_accuracy(res: dict[str, Any]) -> None:
         rows(res["synthetic600"])
 
 
+def run(quick: bool = False, repeats: int = 3, threads: int = 2) -> list[dict[str, Any]]:
+    """Speed (next to STARFM's kernel), streaming peak RSS and accuracy as rows for
+    ``benchmarks/run.py`` (``quick``: one repeat, 2048 px streamed; the Python port only where
+    it is installed)."""
+    rows: list[dict[str, Any]] = [{"bench": "fsdaf speed", **r}
+                                  for r in speed(threads, 1 if quick else repeats)]
+    rows.append({"bench": "fsdaf stream", **stream_rss(2048 if quick else 10000,
+                                                        512 if quick else 1024)})
+    tables = dict(accuracy(port=False))
+    tables.update({f"kranj 068->{d}": t for d, t in tables.pop("kranj", {}).items()})
+    for scene, table in tables.items():
+        if not isinstance(table, dict) or scene.startswith("kranj_parity"):
+            continue
+        for name, m in table.items():
+            if isinstance(m, dict) and "rmse" in m:
+                rows.append({"bench": f"fsdaf accuracy {scene}", "method": name,
+                             "rmse_mean": float(np.mean(m["rmse"])),
+                             "ssim_mean": float(np.mean(m["ssim"]))})
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", nargs="?", default="all", choices=["speed", "stream", "accuracy", "all"])

@@ -445,6 +445,9 @@ def test_empty_target_exits_1_naming_it_and_the_cause(tifs, tmp_path, capsys, su
     ("estarfm", ["half_window=4"]),
     ("fitfc", ["sf_half_window=4", "n_similar=6", "scale_factor=4"]),
     ("starfm", ["preset=reflectance", "max_search_distance=300", "pairs=bracket"]),
+    ("starfm", ["max_search_distance=300", "pairs=bracket"]),  # the default preset: auto
+    ("fsdaf", ["half_window=4", "n_similar=6", "scale_factor=4", "block_cells=6",
+               "data_range=0,1"]),
 ])
 def test_cli_equals_the_api_on_the_same_files(tmp_path, method, params):
     """`xfusion fuse METHOD --param ...` gives what the Python function gives on the cube

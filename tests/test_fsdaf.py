@@ -421,3 +421,18 @@ def test_kranj_beats_persistence_and_coarse():
         mean = {m: float(np.mean(v)) for m, v in errs.items()}
         assert mean["fsdaf"] < 0.9 * mean["pair"], mean
         assert mean["fsdaf"] < 0.7 * mean["coarse"], mean
+
+
+def test_registry_entry_and_job_halo():
+    """`xfusion fuse fsdaf`, jobs and the accessor read the registry's table."""
+    import xfusion
+    from xfusion.methods import get
+
+    m = get("fsdaf")
+    assert m.pairs == "one" and m.kind == "fusion" and m.params == PARAMS
+    assert xfusion.fsdaf is fsdaf
+    assert m.job_halo({"scale_factor": 16}, resolution=30.0) == 20 + 16 + 30 * 16
+    assert m.job_halo({"scale_factor": 4, "half_window": 5, "block_cells": 3},
+                      resolution=30.0) == 5 + 4 + 12  # fmt: skip
+    with pytest.raises(InvalidParameterError, match="scale_factor"):
+        m.job_halo({}, resolution=30.0)
