@@ -30,7 +30,7 @@ from odc.geo.geobox import GeoBox
 
 import xfusion
 from xfusion.cube import from_geotiffs, from_numpy
-from xfusion.errors import InvalidParameterError
+from xfusion.errors import EmptyPredictionWarning, InvalidParameterError
 from xfusion.methods import _starfm_stats as ST
 from xfusion.methods import starfm as S
 from xfusion.methods._starfm_kernel import starfm_block
@@ -358,7 +358,7 @@ def test_constant_fine_image_warns_and_gives_nan(backend):
     ds = class_cube(L, L + 5, L + 9)
     if backend == "dask":
         ds = rechunk_cube(ds, (1, 5, 5))
-    with pytest.warns(RuntimeWarning, match=r"is \(nearly\) constant.*threshold.*is 0"):
+    with pytest.warns(EmptyPredictionWarning, match=r"is \(nearly\) constant.*threshold.*is 0"):
         out = xfusion.starfm(ds, fine="fine", coarse="coarse", max_search_distance=60).compute()
     assert np.isnan(out.fine.values).all()
 
@@ -454,7 +454,7 @@ def test_all_nan_pair_image_warns(backend):
                     observed={"fine": [True, False], "coarse": [True, True]})  # fmt: skip
     if backend == "dask":
         ds = rechunk_cube(ds, (1, 4, 4))
-    with pytest.warns(RuntimeWarning, match=r"\('fine' at 2020-01-01\) has no pixel strictly inside"):
+    with pytest.warns(EmptyPredictionWarning, match=r"\('fine' at 2020-01-01\) has no pixel strictly inside"):
         out = xfusion.starfm(ds, fine="fine", coarse="coarse", max_search_distance=60).compute()
     assert np.isnan(out.fine.values).all()
 
@@ -705,7 +705,7 @@ def test_default_preset_finds_the_unit_per_variable(rng, lazy):
     within1, same_nan = _agree(got.refl.values * 1e4, flt.fine.values, tol=1.0)
     assert same_nan and within1 >= 0.999
     # a unit-bearing parameter turns the detection off (the usda range on 0..1 data: NaN)
-    with pytest.warns(RuntimeWarning, match="constant|data_range"):
+    with pytest.warns(EmptyPredictionWarning, match="constant|data_range"):
         off = xfusion.starfm(ds / 1e4, fine="fine", coarse="coarse", uncertainty_fine=50.0)
     assert np.isnan(off.fine.values).all()
 
@@ -874,3 +874,15 @@ def test_import_does_not_compile_or_import_torch():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert S._torch_device("cpu") is None
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_fine_and_coarse_in_different_units_is_an_error(rng, lazy):
+    """Fine reflectance x1e4 with 0..1 coarse reflectance: the coarse change would be 1e4
+    times too small and the prediction the fine image, silently. It is an error naming both."""
+    ds = _unit_cube(rng, "usda", quantised=True)
+    mixed = ds.assign(coarse=ds.coarse / 1e4)
+    if lazy:
+        mixed = mixed.chunk({"y": 20, "x": 22})
+    with pytest.raises(InvalidParameterError, match=r"'fine'.*'coarse'.*different units"):
+        xfusion.starfm(mixed, fine="fine", coarse="coarse").compute()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import dask
 import numpy as np
 
-from xfusion.errors import InvalidParameterError
+from xfusion.errors import EmptyPredictionWarning, InvalidParameterError
 
 if TYPE_CHECKING:
     from xfusion.methods.starfm import StarfmParams
@@ -172,7 +172,7 @@ def threshold_from_parts(
                     f"starfm(): the fine image{label} has no pixel strictly inside data_range, "
                     "so its similarity threshold is undefined and every prediction from it is "
                     "NaN (or the fill value). Check the data's scale against data_range.",
-                    RuntimeWarning,
+                    EmptyPredictionWarning,
                     stacklevel=4,
                 )
                 continue
@@ -187,7 +187,7 @@ def threshold_from_parts(
                     f"is 0 and, as in USDA STARFM, no candidate is similar to any pixel: every "
                     "prediction from it is NaN (or the fill value). Use a smaller num_slice or "
                     "another pair date.",
-                    RuntimeWarning,
+                    EmptyPredictionWarning,
                     stacklevel=4,
                 )
             out[i, j] = thr
@@ -208,19 +208,54 @@ def _unit_parts(block: np.ndarray, *, fill: float | None) -> np.ndarray:
     return out
 
 
-def _auto_thresholds(pa: np.ndarray, pb: np.ndarray, units: np.ndarray, *,
-                     params: StarfmParams, labels: Any) -> np.ndarray:  # fmt: skip
-    """Preset "auto": per fine variable (band), the thresholds in the data's unit and the unit
-    scale, ``(U, B, 2)``. ``pa``/``pb``: moments with the parameters as given and x 1e-4;
-    ``units``: :func:`_unit_parts` of every block."""
-    u, nb = pa.shape[:2]
-    alt = unit_params(params, AUTO_SCALE)
-    flat = units.reshape(u, nb, -1, 2)
-    out = np.ones((u, nb, 2), np.float64)
+#: Fine and coarse values whose largest magnitudes differ by this factor or more are taken to
+#: be in different units (e.g. reflectance x1e4 and 0..1).
+UNIT_RATIO = 100.0
+
+
+def _check_units(uf: np.ndarray, uc: np.ndarray, names: Any) -> None:
+    """Raise when a band's fine and coarse images at the pair dates are in different units:
+    the coarse change would then be off by that factor and the prediction silently wrong."""
+    if names is None:
+        return
+    nb = uf.shape[1]
+    f = uf.reshape(uf.shape[0], nb, -1, 2)
+    c = uc.reshape(uc.shape[0], nb, -1, 2)
     for b in range(nb):
-        n = flat[:, b, :, 0].sum()
-        small = n > 0 and float(flat[:, b, :, 1].max()) <= AUTO_REFLECTANCE_MAX
+        if f[:, b, :, 0].sum() == 0 or c[:, b, :, 0].sum() == 0:
+            continue
+        fmax, cmax = float(f[:, b, :, 1].max()), float(c[:, b, :, 1].max())
+        lo, hi = sorted((fmax, cmax))
+        if hi >= UNIT_RATIO * max(lo, 1e-300):
+            fname, cname = names[0][b], names[1][b]
+            raise InvalidParameterError(
+                f"starfm(): the fine variable {fname!r} and the coarse variable {cname!r} are in "
+                f"different units: at the pair dates the largest fine value is {fmax:.4g} and "
+                f"the largest coarse value {cmax:.4g} (a factor {hi / max(lo, 1e-300):.3g}), so "
+                "the coarse change would be off by that factor. Rescale one of them before "
+                "fusing, e.g. reflectance x1e4 (Landsat/USDA files) vs 0..1 (MODIS via "
+                f"odc-stac): ds[{cname!r}] * 1e4 or ds[{fname!r}] / 1e4."
+            )
+
+
+def _combine(pa: np.ndarray, pb: np.ndarray | None, uf: np.ndarray, uc: np.ndarray, *,
+             params: StarfmParams, labels: Any, names: Any) -> np.ndarray:  # fmt: skip
+    """``(U, B, 2)``: per pair date and band the threshold and the unit scale (preset "auto":
+    per fine variable, from its largest magnitude). ``pa``/``pb``: moments with the
+    parameters as given and x 1e-4 (``None`` unless "auto"); ``uf``/``uc``:
+    :func:`_unit_parts` of the fine and coarse images at the pair dates."""
+    _check_units(uf, uc, names)
+    u, nb = pa.shape[:2]
+    out = np.ones((u, nb, 2), np.float64)
+    flat = uf.reshape(u, nb, -1, 2)
+    alt = unit_params(params, AUTO_SCALE) if pb is not None else None
+    for b in range(nb):
+        small = (
+            alt is not None and flat[:, b, :, 0].sum() > 0
+            and float(flat[:, b, :, 1].max()) <= AUTO_REFLECTANCE_MAX
+        )  # fmt: skip
         prm, parts = (alt, pb) if small else (params, pa)
+        assert prm is not None and parts is not None
         out[:, b, 0] = threshold_from_parts(
             parts[:, b : b + 1], num_slice=prm.num_slice, reference=prm.mode == "reference",
             labels=None if labels is None else [[lab[b]] for lab in labels],
@@ -229,90 +264,67 @@ def _auto_thresholds(pa: np.ndarray, pb: np.ndarray, units: np.ndarray, *,
     return out
 
 
-def _auto_block(pa: np.ndarray, pb: np.ndarray, units: np.ndarray, *, params: StarfmParams,
-                labels: Any, block_info: dict[Any, Any] | None = None) -> np.ndarray:  # fmt: skip
+def _combine_block(*arrays: np.ndarray, auto: bool, params: StarfmParams, labels: Any,
+                   names: Any, block_info: dict[Any, Any] | None = None) -> np.ndarray:  # fmt: skip
     if block_info is None or None not in block_info:  # meta probing
-        return np.ones((*pa.shape[:2], 1, 2), np.float64)
-    return _auto_thresholds(pa, pb, units, params=params, labels=labels)[:, :, None, :]
+        return np.ones((*arrays[0].shape[:2], 1, 2), np.float64)
+    pa, pb, uf, uc = arrays if auto else (arrays[0], None, *arrays[1:])
+    return _combine(pa, pb, uf, uc, params=params, labels=labels, names=names)[:, :, None, :]
 
 
 def thresholds(
-    pairs_img: Any, *, params: StarfmParams, labels: list[list[str]], token: str
-) -> Any:
+    pairs_img: Any, *, params: StarfmParams, labels: list[list[str]], token: str,
+    coarse: Any = None, names: tuple[Any, Any] | None = None,
+) -> Any:  # fmt: skip
     """Similarity thresholds and unit scales ``(U, B, 2)`` of the pair-date fine images
     ``(U, B, y, x)``: ``[..., 0]`` the threshold, ``[..., 1]`` the scale of the parameters
     (1, or 1e-4 where preset ``"auto"`` found 0..1 data, one scale per band).
 
-    numpy in → numpy out (computed now); dask in → a lazy dask array computed by exact
-    reductions over the chunks (no compute here).
+    ``coarse``: the coarse images of the same dates; with ``names`` (the fine and coarse
+    variable names) a band whose fine and coarse values are in different units raises
+    :class:`~xfusion.errors.InvalidParameterError`. numpy in → numpy out (computed now); dask
+    in → a lazy dask array computed by exact reductions over the chunks (no compute here).
     """
     lo, hi = params.data_range
     kw = {"lo": lo, "hi": hi, "fill": params.fill}
-    agg = {"num_slice": params.num_slice, "reference": params.mode == "reference",
-           "labels": labels}  # fmt: skip
     alt_kw: dict[str, Any] = {}
     if params.auto_unit:
         alt = unit_params(params, AUTO_SCALE)
         alt_kw = {"lo": alt.data_range[0], "hi": alt.data_range[1], "fill": alt.fill}
-    if not dask.is_dask_collection(pairs_img):
-        if params.auto_unit:
-            return _auto_thresholds(
-                moment_parts(pairs_img, **kw), moment_parts(pairs_img, **alt_kw),
-                _unit_parts(pairs_img, fill=params.fill), params=params, labels=labels,
-            )  # fmt: skip
-        thr = threshold_from_parts(moment_parts(pairs_img, **kw), **agg)
-        return np.stack([thr, np.ones_like(thr)], axis=-1)
+    if coarse is None:
+        coarse, names = pairs_img, None
+    common = {"params": params, "labels": labels, "names": names}
+    if not dask.is_dask_collection(pairs_img) and not dask.is_dask_collection(coarse):
+        return _combine(
+            moment_parts(pairs_img, **kw),
+            moment_parts(pairs_img, **alt_kw) if params.auto_unit else None,
+            _unit_parts(pairs_img, fill=params.fill), _unit_parts(coarse, fill=params.fill),
+            **common,
+        )  # fmt: skip
     import dask.array as da
 
-    ny, nx = (len(c) for c in pairs_img.chunks[2:])
-
-    def parts_of(func: Any, width: int, tag: str, **fkw: Any) -> Any:
-        return da.map_blocks(
-            func, pairs_img, **fkw,
-            chunks=(*pairs_img.chunks[:2], (1,) * ny, (width,) * nx), dtype=np.float64,
+    def parts_of(img: Any, func: Any, width: int, tag: str, **fkw: Any) -> Any:
+        img = img if dask.is_dask_collection(img) else da.asarray(img)
+        ny, nx = (len(c) for c in img.chunks[2:])
+        out = da.map_blocks(
+            func, img, **fkw,
+            chunks=(*img.chunks[:2], (1,) * ny, (width,) * nx), dtype=np.float64,
             meta=np.empty((0, 0, 0, 0), np.float64), name=f"xfusion.{NAME}-{tag}-{token}",
         )  # fmt: skip
+        return out.rechunk(-1)
 
-    parts = parts_of(moment_parts, _PARTS, "moments", **kw)
+    whole = [parts_of(pairs_img, moment_parts, _PARTS, "moments", **kw)]
     if params.auto_unit:
-        whole = [
-            p.rechunk(-1) for p in (
-                parts, parts_of(moment_parts, _PARTS, "moments-unit", **alt_kw),
-                parts_of(_unit_parts, 2, "unit", fill=params.fill),
-            )
-        ]  # fmt: skip
-        u, nb = pairs_img.shape[:2]
-        out = da.map_blocks(
-            _auto_block, *whole, params=params, labels=labels,
-            chunks=((u,), (nb,), (1,), (2,)), dtype=np.float64,
-            meta=np.empty((0, 0, 0, 0), np.float64), name=f"xfusion.{NAME}-threshold-{token}",
-        )  # fmt: skip
-        return out[:, :, 0, :]
-    parts = parts.rechunk({0: 1, 1: 1, 2: -1, 3: -1})
-    thr = da.map_blocks(
-        thresholds_block,
-        parts,
-        **agg,
-        drop_axis=(2, 3),
-        chunks=((1,) * parts.shape[0], (1,) * parts.shape[1]),
-        dtype=np.float64,
-        meta=np.empty((0, 0), np.float64),
-        name=f"xfusion.{NAME}-threshold-{token}",
-    )
-    return da.stack([thr, da.ones_like(thr)], axis=-1)
-
-
-def thresholds_block(
-    parts: np.ndarray, *, num_slice: int, reference: bool, labels: Any,
-    block_info: dict[Any, Any] | None = None,
-) -> np.ndarray:  # fmt: skip
-    if block_info is None or None not in block_info:  # meta probing
-        return np.zeros(parts.shape[:2], np.float64)
-    i, j = block_info[None]["chunk-location"]
-    return threshold_from_parts(
-        parts.reshape(1, 1, -1, _PARTS), num_slice=num_slice, reference=reference,
-        labels=[[labels[i][j]]],
+        whole.append(parts_of(pairs_img, moment_parts, _PARTS, "moments-unit", **alt_kw))
+    whole.append(parts_of(pairs_img, _unit_parts, 2, "unit", fill=params.fill))
+    whole.append(parts_of(coarse, _unit_parts, 2, "unit-coarse", fill=params.fill))
+    u, nb = pairs_img.shape[:2]
+    out = da.map_blocks(
+        _combine_block, *whole, auto=params.auto_unit, **common,
+        chunks=((u,), (nb,), (1,), (2,)), dtype=np.float64,
+        meta=np.empty((0, 0, 0, 0), np.float64), name=f"xfusion.{NAME}-threshold-{token}",
     )  # fmt: skip
+    return out[:, :, 0, :]
 
 
 class _Subgraph:

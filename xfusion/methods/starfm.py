@@ -877,7 +877,9 @@ def starfm(
     labels = [
         [f"{fname!r} at {_fmt_dates(ds, [u])[0]}" for fname in roles.fine] for u in upos
     ]
-    thr_ub = thresholds(pair_imgs, params=params, labels=labels, token=token)
+    pair_coarse = xp.stack([xp.stack([cd[u] for cd in coarse_data]) for u in upos])
+    thr_ub = thresholds(pair_imgs, params=params, labels=labels, token=token,
+                        coarse=pair_coarse, names=(roles.fine, roles.coarse))  # fmt: skip
     where = {u: i for i, u in enumerate(upos)}
 
     def per_target(k: int, arrays: list[Any], pos: list[np.ndarray]) -> Any:
