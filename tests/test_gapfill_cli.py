@@ -74,8 +74,8 @@ def test_stori_geotiffs_to_zarr_and_saved_weights(series, stack, tmp_path):
     opt, sar = stack
     out = tmp_path / "filled.zarr"
     w = tmp_path / "w.safetensors"
-    args = ["gapfill", *opt, *sar, "--out", str(out), "--param", "hidden=4", "--param",
-            "epochs=1", "--save-weights", str(w)]
+    args = ["gapfill", *opt, *sar, "--out", str(out), "--param", "variant=fixed", "--param",
+            "hidden=4", "--param", "epochs=1", "--save-weights", str(w)]
     assert main(args) == 0
     res = open_zarr(str(out))
     assert {"ndvi", "ndvi_filled", "ndvi_uncertainty"} <= set(res.data_vars)

@@ -76,6 +76,7 @@ __all__ = [
     "StoriWeights",
     "fit_stori",
     "gapfill",
+    "job_halo",
 ]
 
 NAME = "gapfill"
@@ -497,6 +498,20 @@ def gapfill(
         if "spatial_ref" in res_ds.coords:
             v.encoding["grid_mapping"] = "spatial_ref"
     return res_ds
+
+
+def job_halo(params: Mapping[str, Any], *, resolution: float, weights: Any = None) -> int:
+    """Pixels a tile reads around itself: the residual variant's SAR window (1 by default)."""
+    variant = params.get("variant", "residual")
+    if weights is not None:
+        try:
+            w = as_weights(weights)
+        except Exception:  # unreadable weights are reported by the method itself
+            return 1
+        return int(w.meta["stori"].get("sar_spatial", 1)) // 2 if not w.recurrent else 0
+    if variant != "residual":
+        return 0
+    return int(params.get("sar_spatial") or 3) // 2
 
 
 def _check_weights(w: StoriWeights, sars: list[xr.DataArray], step: float) -> None:
