@@ -646,7 +646,9 @@ def test_gapfill_stori_weights_and_data_errors(tmp_path):
                        r"has 0\..*or use method='linear'"):
         ds = gapfill_cube()
         ds["ndvi"][1:] = np.nan
-        gapfill(ds, config=StoriConfig(hidden=2, epochs=1))
+        gapfill(ds, config=StoriConfig(rounds=5))
+    with pytest.raises(NotEnoughDataError, match=r"STORI needs pixels with at least 3 "):
+        gapfill(ds, config=StoriConfig(variant="fixed", hidden=2, epochs=1))
     with pytest.raises(WeightsNotFoundError, match=r"Weights 'nope\.safetensors' are neither a "
                        r"file nor a registered name"):
         gapfill(gapfill_cube(), weights="nope.safetensors")
