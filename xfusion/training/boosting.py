@@ -120,12 +120,14 @@ def _kernels() -> dict[str, Callable[..., Any]]:
             nm = hist[f, 255, 1]
             gl = 0.0
             nl = 0.0
-            for b in range(nbins[f] - 1):
+            for b in range(nbins[f]):
                 gl += hist[f, b, 0]
                 nl += hist[f, b, 1]
                 for ml in range(2):
                     if ml == 1 and nm == 0.0:
                         continue
+                    if b == nbins[f] - 1 and (ml == 1 or nm == 0.0):
+                        continue  # the last bin splits only the NaN off
                     gl_ = gl + (gm if ml == 1 else 0.0)
                     nl_ = nl + (nm if ml == 1 else 0.0)
                     nr_ = nt - nl_
@@ -299,7 +301,8 @@ class Booster:
         for i, nd in enumerate(nodes):
             if "feature" in nd:
                 tree["feature"][i] = nd["feature"]
-                tree["threshold"][i] = self.edges[nd["feature"]][nd["bin"]]
+                e = self.edges[nd["feature"]]
+                tree["threshold"][i] = e[nd["bin"]] if nd["bin"] < e.size else np.inf
                 tree["missing_left"][i] = nd["missing_left"]
                 tree["left"][i] = nd["left"]
                 tree["right"][i] = nd["right"]
