@@ -115,3 +115,28 @@ def test_usage_and_input_errors(series, stack, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "TimeAxisError" in err and "must share their dates" in err
     assert main(["gapfill", *opt, "--method", "linear", "--out", str(tmp_path / "x.png")]) == 2
+
+
+def test_default_stori_residual_without_torch_options(series, stack, tmp_path):
+    opt, sar = stack
+    out = tmp_path / "default.zarr"
+    assert main(["gapfill", *opt, *sar, "--out", str(out), "--chunks", "4", "--param",
+                 "rounds=20"]) == 0
+    res = open_zarr(str(out))
+    obs = series.ndvi.notnull().values
+    np.testing.assert_array_equal(res.ndvi.values[obs], series.ndvi.values[obs])
+    assert np.isfinite(res.ndvi.values).all()
+
+
+def test_ctrl_c_is_a_clean_exit(stack, tmp_path, capsys, monkeypatch):
+    import xfusion.methods.gapfill as gapfill_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gapfill_module, "gapfill", interrupted)
+    opt, sar = stack
+    assert main(["gapfill", *opt, *sar, "--out", str(tmp_path / "x.zarr")]) == 130
+    err = capsys.readouterr().err
+    assert "xfusion: interrupted (Ctrl-C); xfusion gapfill stopped" in err
+    assert "Traceback" not in err

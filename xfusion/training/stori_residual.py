@@ -259,9 +259,11 @@ def _samples(x: np.ndarray, s: np.ndarray, pos: np.ndarray, doy: np.ndarray, ste
         h = hide_runs_np(obs, rng, fraction=fraction, max_run=max_run)
         xm = np.where(h, np.nan, x)
         lin, f, c = gap_features(xm, s, pos, doy, step_days, sel=h)
-        xs.append(f)
-        ys.append((x - lin)[h])
-        cs.append(c)
+        y = (x - lin)[h]
+        ok = np.isfinite(y)  # a pixel whose every observation was hidden has no linear fill
+        xs.append(f[ok])
+        ys.append(y[ok])
+        cs.append(c[ok])
     feats, y, cls = np.concatenate(xs), np.concatenate(ys), np.concatenate(cs)
     if limit is not None and y.size > limit:
         keep = np.sort(rng.choice(y.size, limit, replace=False))
