@@ -59,7 +59,7 @@ RESIDUAL_ARCH = "stori-residual"
 # fields that only one kind of variant reads: recurrent-only and residual-only
 _RNN_ONLY = ("hidden", "epochs", "batch_size", "weight_decay", "consistency", "lr_step",
              "sar_first", "decay", "sar_scaling", "optical_scaling", "sar_window", "sar_order")
-_RES_ONLY = ("rounds", "leaves", "min_leaf", "l2", "train_samples", "sar_spatial")
+_RES_ONLY = ("rounds", "leaves", "min_leaf", "l2", "train_samples", "sar_spatial", "support")
 _AUTO_FIELDS = ("lr_step", "patience")  # None means something: "auto" is the default
 _SHARED = ("lr", "val_fraction", "augment")  # variant defaults, None = default
 
@@ -140,6 +140,10 @@ class StoriConfig:
     sar_spatial: int | None = None
     """Side of the square window (pixels, odd) SAR is averaged over against speckle
     (residual: 3; 1 disables it). The halo of the fill."""
+    support: float | None = None
+    """Residual: seasons (day-of-year bins of one step) with fewer hidden training examples
+    than this share of the typical season's get a proportionally smaller correction, none
+    where the scene was never observed (a winter overcast); 0 disables it (default 0.25)."""
     # ---- all variants
     lr: float | None = None
     """Learning rate: Adam's (recurrent: 1e-3) or the boosting shrinkage (residual: 0.1)."""
@@ -200,7 +204,8 @@ class StoriConfig:
         else:
             defaults = {
                 "rounds": 500, "leaves": 31, "min_leaf": 100, "l2": 1.0,
-                "train_samples": 60_000, "sar_spatial": 3, "lr": 0.1, "patience": 60,
+                "train_samples": 60_000, "sar_spatial": 3, "support": 0.25, "lr": 0.1,
+                "patience": 60,
                 "val_fraction": 0.2, "augment": 0.25, "lr_step": None,
             }
         for k, v in defaults.items():
@@ -240,7 +245,7 @@ class StoriConfig:
             raise InvalidParameterError(
                 "StoriConfig.augment must be > 0 for the residual variant (the share of "
                 f"observed steps it learns from), found {self.augment!r}.")
-        for k in ("lr",) + (("weight_decay", "consistency") if recurrent else ("l2",)):
+        for k in ("lr",) + (("weight_decay", "consistency") if recurrent else ("l2", "support")):
             v = getattr(self, k)
             lo_ok = v > 0 if k == "lr" else v >= 0
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
@@ -537,11 +542,13 @@ def _fit_residual(x: np.ndarray, s: np.ndarray, pos: np.ndarray, times: np.ndarr
         max_leaf_nodes=int(config.leaves), min_samples_leaf=int(config.min_leaf),  # type: ignore[arg-type]
         l2=float(config.l2), fraction=float(config.augment),  # type: ignore[arg-type]
         max_run=int(max_run), samples=int(config.train_samples),  # type: ignore[arg-type]
-        patience=config.patience, seed=config.seed,  # type: ignore[arg-type]
+        patience=config.patience, support=float(config.support),  # type: ignore[arg-type]
+        seed=config.seed,
         time_budget=config.time_budget, progress=progress, callback=callback)
     meta_st.update(sar_mean=mean, sar_std=std, sar_spatial=int(config.sar_spatial),  # type: ignore[arg-type]
                    base=info.pop("base"), alphas=info.pop("alphas"),
-                   class_mae=info.pop("class_mae"), max_run=int(max_run))
+                   class_mae=info.pop("class_mae"), support=info.pop("support"),
+                   max_run=int(max_run))
     meta = {"arch": RESIDUAL_ARCH, "arch_params": {"n_sar": int(s.shape[0])}, "stori": meta_st,
             "training": info}
     return meta, trees

@@ -252,9 +252,10 @@ def hide_runs_np(obs: np.ndarray, rng: np.random.Generator, *, fraction: float,
 
 def _samples(x: np.ndarray, s: np.ndarray, pos: np.ndarray, doy: np.ndarray, step_days: float,
              rng: np.random.Generator, *, reps: int, fraction: float, max_run: int,
-             limit: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             limit: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Features, targets, gap classes and step indices of hidden observed steps."""
     obs = ~np.isnan(x)
-    xs, ys, cs = [], [], []
+    xs, ys, cs, ts = [], [], [], []
     for _ in range(reps):
         h = hide_runs_np(obs, rng, fraction=fraction, max_run=max_run)
         xm = np.where(h, np.nan, x)
@@ -264,11 +265,35 @@ def _samples(x: np.ndarray, s: np.ndarray, pos: np.ndarray, doy: np.ndarray, ste
         xs.append(f[ok])
         ys.append(y[ok])
         cs.append(c[ok])
-    feats, y, cls = np.concatenate(xs), np.concatenate(ys), np.concatenate(cs)
+        ts.append(np.nonzero(h)[0][ok])  # same (time-major) order as boolean indexing
+    feats, y = np.concatenate(xs), np.concatenate(ys)
+    cls, tix = np.concatenate(cs), np.concatenate(ts)
     if limit is not None and y.size > limit:
         keep = np.sort(rng.choice(y.size, limit, replace=False))
-        feats, y, cls = feats[keep], y[keep], cls[keep]
-    return feats, y, cls
+        feats, y, cls, tix = feats[keep], y[keep], cls[keep], tix[keep]
+    return feats, y, cls, tix
+
+
+def season_bins(doy: np.ndarray, step_days: float) -> np.ndarray:
+    """Index of the ``step_days``-wide day-of-year bin of each step."""
+    n = math.ceil(366.0 / step_days)
+    return np.clip((np.asarray(doy) // step_days).astype(np.int64), 0, n - 1)
+
+
+def support_factors(tix: np.ndarray, doy: np.ndarray, step_days: float,
+                    support: float) -> np.ndarray:
+    """Per day-of-year bin: min(1, n / (support × median n)), ``n`` the training examples whose
+    step falls in the bin (the median over bins with any); 1 everywhere when ``support`` is 0.
+
+    Steps of the season the scene never shows (a winter overcast: nothing to hide there) get
+    0: the correction is learnt elsewhere in the year, so they keep the linear fill.
+    """
+    nbin = math.ceil(366.0 / step_days)
+    if support <= 0 or tix.size == 0:
+        return np.ones(nbin)
+    counts = np.bincount(season_bins(doy, step_days)[tix], minlength=nbin).astype(np.float64)
+    ref = float(np.median(counts[counts > 0])) * support
+    return np.minimum(1.0, counts / ref)
 
 
 def _shrinkage(pred: np.ndarray, y: np.ndarray, cls: np.ndarray, *, min_count: int = 30
@@ -311,6 +336,7 @@ def fit_residual(
     max_run: int,
     samples: int,
     patience: int | None,
+    support: float = 0.25,
     stage: int = 10,
     seed: int = 0,
     time_budget: float | None = None,
@@ -332,6 +358,9 @@ def fit_residual(
         At most this many training samples (hidden steps).
     patience : int or None
         Stop after this many rounds without a better validation MAE (None: never early).
+    support : float
+        Seasons with fewer training examples than this share of the typical season's are
+        corrected in proportion (:func:`support_factors`; 0: everywhere fully).
     stage : int
         Rounds added between two validations (and progress updates).
     seed : int
@@ -349,20 +378,23 @@ def fit_residual(
         The exported trees of the best round.
     info : dict
         ``base`` (the initial prediction), ``alphas`` and ``class_mae`` per gap class,
+        ``support`` per day-of-year bin,
         ``history``, ``best_round``, ``best_val_mae``, ``stopped``, ``seconds``, sample counts.
     """
     t_start = time.perf_counter()
     rng = np.random.default_rng(seed)
     is_val = np.zeros(x.shape[1], bool) if val is None else np.asarray(val, bool)
     tr = ~is_val
-    xt, yt, _ = _samples(x[:, tr], s[:, :, tr], pos, doy, step_days, rng, reps=3,
-                         fraction=fraction, max_run=max_run, limit=samples)
+    xt, yt, _, tt = _samples(x[:, tr], s[:, :, tr], pos, doy, step_days, rng, reps=3,
+                             fraction=fraction, max_run=max_run, limit=samples)
+    factors = support_factors(tt, doy, step_days, support)
     has_val = bool(is_val.any())
     xv = np.zeros((0, xt.shape[1]), np.float32)
     yv = np.zeros(0)
     cv = np.zeros(0, np.int8)
+    tv = np.zeros(0, np.int64)
     if has_val:
-        xv, yv, cv = _samples(x[:, is_val], s[:, :, is_val], pos, doy, step_days, rng, reps=2,
+        xv, yv, cv, tv = _samples(x[:, is_val], s[:, :, is_val], pos, doy, step_days, rng, reps=2,
                               fraction=fraction, max_run=max_run, limit=max(samples // 2, 1))
         has_val = yv.size > 0
     if yt.size == 0:
@@ -431,9 +463,10 @@ def fit_residual(
     alphas = [1.0] * (len(GAP_CLASSES) + 1)
     class_mae = [math.nan] * (len(GAP_CLASSES) + 1)
     if has_val:
-        pv = predict_trees(trees, base, xv)
+        pv = predict_trees(trees, base, xv) * factors[season_bins(doy, step_days)[tv]]
         alphas, class_mae = _shrinkage(pv, yv, cv)
-    info = {"base": base, "alphas": alphas, "class_mae": class_mae, "history": history,
+    info = {"base": base, "alphas": alphas, "class_mae": class_mae,
+            "support": [float(v) for v in factors], "history": history,
             "best_round": best_round, "best_val_mae": best if math.isfinite(best) else None,
             "stopped": stopped, "seconds": time.perf_counter() - t_start,
             "n_train_samples": int(yt.size), "n_val_samples": int(yv.size) if has_val else 0,
@@ -446,20 +479,36 @@ def fit_residual(
 
 
 def fill_residual(x: np.ndarray, s: np.ndarray, pos: np.ndarray, doy: np.ndarray,
-                  trees: Mapping[str, np.ndarray], meta: Mapping[str, Any]
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  trees: Mapping[str, np.ndarray], meta: Mapping[str, Any], *,
+                  batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Fill the missing steps of ``x`` (T, P) with the trained trees.
 
     ``s`` is the spatially averaged SAR (F, T, P) (before :func:`sar_context`); ``meta`` the
-    ``stori`` metadata of the weights (SAR statistics, base, alphas, class MAE). Returns the
-    filled series (observed steps unchanged) and the uncertainty (0 at observed steps, the
-    held-out MAE of the step's gap class at filled ones; NaN when unknown).
+    ``stori`` metadata of the weights (SAR statistics, base, alphas, class MAE, support).
+    Returns the filled series (observed steps unchanged) and the uncertainty (0 at observed
+    steps, the held-out MAE of the step's gap class at filled ones; NaN when unknown). Works
+    on ``batch`` pixels at a time (memory: about 400 bytes per pixel and step).
     """
+    out = np.empty(x.shape)
+    unc = np.empty(x.shape)
+    for i in range(0, x.shape[1], batch):
+        sl = slice(i, i + batch)
+        out[:, sl], unc[:, sl] = _fill_batch(x[:, sl], s[:, :, sl], pos, doy, trees, meta)
+    return out, unc
+
+
+def _fill_batch(x: np.ndarray, s: np.ndarray, pos: np.ndarray, doy: np.ndarray,
+                trees: Mapping[str, np.ndarray], meta: Mapping[str, Any]
+                ) -> tuple[np.ndarray, np.ndarray]:
     sp, _, _ = sar_context(s, pos, mean=meta["sar_mean"], std=meta["sar_std"])
     miss = np.isnan(x)
     lin, feats, cls = gap_features(x, sp, pos, doy, float(meta["step_days"]))
     r = predict_trees(trees, float(meta["base"]), feats)
     alpha = np.asarray(meta["alphas"], np.float64)[cls]
+    if "support" in meta:
+        sb = season_bins(doy, float(meta["step_days"]))
+        alpha = alpha * np.asarray(meta["support"], np.float64)[
+            np.broadcast_to(sb[:, None], x.shape)[miss]]
     out = lin.copy()
     out[miss] = lin[miss] + alpha * r
     unc = np.zeros(x.shape)
