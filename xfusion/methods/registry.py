@@ -627,7 +627,7 @@ register(Method(
         _p("variant", choices=("residual", "fixed", "faithful"),
            help="residual (default), fixed or faithful (the paper's recurrent net)"),
         _p("rounds", "int", "residual: maximum boosting rounds (default 500, early-stopped)"),
-        _p("train_samples", "int", "residual: hidden steps learned from (default 60000)"),
+        _p("train_samples", "int", "residual: hidden steps learned from (default 120000)"),
         _p("sar_spatial", "int", "residual: SAR averaging window in px (default 3)"),
         _p("epochs", "int", "recurrent: maximum training epochs (fixed: 100, faithful: 250)"),
         _p("hidden", "int", "recurrent: LSTM hidden size (default 96)"),

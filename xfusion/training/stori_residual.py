@@ -336,7 +336,7 @@ def fit_residual(
     max_run: int,
     samples: int,
     patience: int | None,
-    support: float = 0.25,
+    support: float = 0.0,
     stage: int = 10,
     seed: int = 0,
     time_budget: float | None = None,
