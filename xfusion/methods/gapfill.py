@@ -1,4 +1,4 @@
-"""Gap filling of optical time series: STORI (SAR-guided, BRITS-style) and three baselines.
+"""Gap filling of optical series: STORI (SAR-guided, trained on the scene) and three baselines.
 
 ``gapfill(ds, optical="ndvi", sar=["vh_db", "rvi"], method=...)`` fills the missing (NaN) steps
 of every pixel's series on a regular composite time axis (see
@@ -314,7 +314,9 @@ def gapfill(
         on the same grid and time axis. SAR gaps are interpolated in time. Ignored by the
         baselines.
     method : {"stori", "linear", "savgol", "harmonic"}, default "stori"
-        ``"stori"``: the SAR-guided bidirectional recurrent imputer;
+        ``"stori"``: SAR-guided, trained on this scene (see ``variant``; by default the
+        linear fill plus a correction by boosted trees, more accurate than the baselines on
+        realistic series, with the paper's recurrent net one keyword away);
         ``"linear"``: linear interpolation in time (nearest observation at the ends);
         ``"savgol"``: Savitzky-Golay (``window``, ``polyorder``) of the linear interpolation;
         ``"harmonic"``: least-squares fit of ``harmonics`` harmonics of ``period`` days
