@@ -157,16 +157,30 @@ def test_early_stopping_and_no_early_stopping(scene):
     assert full.history[-1]["round"] == 60
 
 
-def test_progress_lines_on_the_logger_when_not_a_terminal(scene, caplog):
+def test_progress_lines_on_the_logger_when_not_a_terminal(scene, caplog, monkeypatch):
+    monkeypatch.setenv("XFUSION_PROGRESS", "log")  # as when stderr is not a terminal
+    monkeypatch.setenv("XFUSION_PROGRESS_INTERVAL", "0")
     caplog.set_level(logging.INFO, logger="xfusion")
-    fit_stori(scene, config=SMALL)  # progress=None: stderr is not a terminal under pytest
-    lines = [r.getMessage() for r in caplog.records if r.name == "xfusion.training"]
-    assert lines[0] == "stori: training, at most 40 rounds"
-    assert any("round 40/40" in ln and "val=" in ln and "ETA" in ln for ln in lines), lines
-    assert "stopped (completed)" in lines[-1]
-    caplog.clear()
-    fit_stori(scene, config=SMALL, progress=False)
-    assert not [r for r in caplog.records if r.name == "xfusion.training"]
+    fit_stori(scene, config=SMALL)
+    lines = [r.getMessage() for r in caplog.records if r.name == "xfusion.progress"]
+    assert lines[0].startswith("stori: started 0/40 round")
+    assert any("stori: 20/40 round" in ln and "val=" in ln and "left" in ln for ln in lines), lines
+    assert lines[-1].startswith("stori: done 40/40 round") and "(completed)" in lines[-1]
+
+
+@pytest.mark.parametrize("switch", ["call", "session", "environment"])
+def test_one_switch_silences_training_progress(scene, caplog, monkeypatch, switch):
+    from xfusion import set_progress
+
+    monkeypatch.setenv("XFUSION_PROGRESS", "0" if switch == "environment" else "log")
+    caplog.set_level(logging.INFO, logger="xfusion")
+    if switch == "session":
+        set_progress(False)
+    try:
+        fit_stori(scene, config=SMALL, progress=False if switch == "call" else None)
+    finally:
+        set_progress(None)
+    assert not [r for r in caplog.records if r.name == "xfusion.progress"]
 
 
 def test_ctrl_c_keeps_the_best_model_so_far(scene, caplog):
