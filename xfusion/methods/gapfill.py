@@ -345,10 +345,10 @@ def gapfill(
     rechunk : bool, default False
         Rechunk a time axis split over several chunks into one instead of raising.
     progress : bool or None, default None
-        STORI training progress: ``None``: a bar (epochs or rounds, loss, validation MAE,
-        ETA) on a terminal or in Jupyter, else INFO log lines on the ``xfusion.training``
-        logger; ``True``: the bar; ``False``: silent. Does not change the result or the
-        graph's keys.
+        STORI training progress (epochs or rounds, loss, validation MAE, ETA): a
+        ``tqdm.auto`` bar in a terminal or Jupyter, progress lines elsewhere; ``False``:
+        silent; ``None``: the session's switch (:func:`xfusion.set_progress`,
+        ``XFUSION_PROGRESS=0``). Does not change the result or the graph's keys.
 
     Returns
     -------

@@ -681,9 +681,9 @@ def fit_stori(
     out : path, optional
         Also save the weights there (safetensors + JSON metadata; needs the ``torch`` extra).
     progress : bool or None, default None
-        ``None``: a progress bar (epochs/rounds, loss, validation MAE, ETA) on a terminal or in
-        Jupyter, else INFO log lines on the ``xfusion.training`` logger; ``True``: the bar;
-        ``False``: silent.
+        Report epochs/rounds, loss, validation MAE and ETA: a ``tqdm.auto`` bar in a terminal
+        or Jupyter, progress lines elsewhere (see :func:`xfusion.set_progress`); ``False``:
+        silent; ``None``: the session's switch (``XFUSION_PROGRESS=0`` silences it).
     callback : callable, optional
         Called with the record of every epoch (recurrent) or validation stage (residual):
         ``epoch``/``round``, the training loss, ``val_mae`` (optical units), ``seconds``.
