@@ -7,7 +7,8 @@ truth at every naturally missing step (all, and by the length of the gap the ste
 then one row per scene and method; then the training time vs accuracy of the default under
 smaller and bigger budgets. Also runs as a script:
 ``python benchmarks/bench_gapfill.py [--quick] [--recurrent] [--no-budgets]
-[--seed-offset=N] [--scenes=K]`` (the held-out landscapes with seeds moved by N, the first K).
+[--seed-offset=N] [--scenes=K] [--only=mixed-100,crops-103]`` (the held-out landscapes with
+seeds moved by N, the first K, or the scenes named).
 
 Scenes: :func:`xfusion.testing.realistic_series`, 64 x 64 px, one year of 5-day composites (73
 steps), crops with sowing and harvest, mown grassland, forest and flat fields, a 45-55 day
@@ -212,6 +213,10 @@ if __name__ == "__main__":
                   0)
     only = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--scenes=")), None)
     chosen = fresh_scenes(offset)[:only] if (offset or only) else None
+    picked = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")), None)
+    if picked:  # --only=mixed-100,crops-103: these scenes
+        chosen = tuple((n.rsplit("-", 1)[0], int(n.rsplit("-", 1)[1]))
+                       for n in picked.split(","))
     res = run(quick="--quick" in sys.argv, scenes=chosen, recurrent="--recurrent" in sys.argv,
               budgets="--no-budgets" not in sys.argv)
     for r in res:

@@ -140,3 +140,35 @@ def test_ctrl_c_is_a_clean_exit(stack, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "xfusion: interrupted (Ctrl-C)" in err
     assert "Traceback" not in err
+
+
+def test_training_interrupted_exits_130_with_its_reason(stack, tmp_path, capsys, monkeypatch):
+    import xfusion.methods.gapfill as gapfill_module
+    from xfusion.training.progress import TrainingInterrupted
+
+    def interrupted(*args, **kwargs):
+        raise TrainingInterrupted("STORI training was interrupted before its first validation")
+
+    monkeypatch.setattr(gapfill_module, "gapfill", interrupted)
+    opt, sar = stack
+    assert main(["gapfill", *opt, *sar, "--out", str(tmp_path / "x.zarr")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted (Ctrl-C) (STORI training was interrupted before its first" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("text", "expected"), [("none", None), ("7", 7)])
+def test_patience_none_reaches_the_config(stack, tmp_path, monkeypatch, text, expected):
+    import xfusion.methods.gapfill as gapfill_module
+
+    seen = {}
+
+    def capture(ds, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt  # stop here: only the configuration is checked
+
+    monkeypatch.setattr(gapfill_module, "gapfill", capture)
+    opt, sar = stack
+    assert main(["gapfill", *opt, *sar, "--out", str(tmp_path / "x.zarr"), "--param",
+                 f"patience={text}"]) == 130
+    assert seen["config"].patience == expected

@@ -92,9 +92,17 @@ def parse_bands(text: str) -> str | tuple[str | int, ...]:
     return tuple(int(p) if p.isdigit() else p for p in parts)
 
 
+def parse_int_or_none(text: str) -> int | None:
+    """Parse an integer, or ``none`` for None (e.g. ``patience=none``: no early stopping)."""
+    if str(text).strip().lower() == "none":
+        return None
+    return int(text)
+
+
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "str": str,
     "int": int,
+    "int-or-none": parse_int_or_none,
     "float": float,
     "bool": parse_bool,
     "range": parse_range,
@@ -632,7 +640,8 @@ register(Method(
         _p("epochs", "int", "recurrent: maximum training epochs (fixed: 100, faithful: 250)"),
         _p("hidden", "int", "recurrent: LSTM hidden size (default 96)"),
         _p("batch_size", "int", "recurrent: pixels per optimizer step (default 256)"),
-        _p("patience", "int", "early-stopping patience in rounds/epochs"),
+        _p("patience", "int-or-none", "early-stopping patience in rounds/epochs (residual: "
+           "60, fixed: 10; none: no early stopping)"),
         _p("seed", "int", "training seed (default 0)"),
         _p("train_pixels", "int", "at most this many training pixels (default 8192)"),
         _p("time_budget", "float", "stop training after this many seconds"),

@@ -454,7 +454,7 @@ def fit_residual(
         bar.interrupted(f"round {best_round}, validation MAE {best:.4g}" if has_val
                         else f"round {history[-1]['round']}")
     if stopped != "interrupted":
-        bar.close(stopped, {"best_round": best_round, "val_mae": best})
+        bar.close(stopped, {"best_round": best_round, "best_val": best})
     if has_val:
         trees = truncate_trees(trees, best_round)
     else:
