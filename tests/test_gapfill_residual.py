@@ -200,6 +200,18 @@ def test_ctrl_c_keeps_the_best_model_so_far(scene, caplog):
     assert np.isfinite(out.ndvi.values).all()
 
 
+def test_training_in_a_worker_stops_when_the_interpreter_shuts_down(scene, monkeypatch):
+    # Ctrl-C while dask computes: the main thread raises, the interpreter starts shutting down
+    # (thread pools are joined before the main thread is marked stopped) and the training task
+    # stops at its next validation stage instead of running to the end
+    import threading
+
+    monkeypatch.setattr(threading, "_SHUTTING_DOWN", True, raising=False)
+    w = fit_stori(scene, config=SMALL, progress=False)
+    assert w.meta["training"]["stopped"] == "interpreter-exit"
+    assert [r["round"] for r in w.history] == [10]
+
+
 def test_ctrl_c_before_any_model_raises_a_clear_error(scene, monkeypatch):
     def boom(self):
         raise KeyboardInterrupt

@@ -35,13 +35,16 @@ class TrainingInterrupted(XFusionError, KeyboardInterrupt):
 
 
 def interpreter_exiting() -> bool:
-    """True once the main thread has finished (the interpreter is shutting down).
+    """True once the interpreter is shutting down (the main thread has finished its work).
 
     A training task running in a worker thread (a dask graph) polls this between rounds: when
-    the user interrupts the computation, the main thread ends and the task stops instead of
-    keeping the process alive until training completes.
+    the user interrupts the computation (Ctrl-C), the main thread ends and the task stops
+    instead of keeping the process alive until training completes. The thread pools are
+    joined before the main thread is marked stopped, so the flag ``threading`` sets when its
+    shutdown starts is read too (where this Python has it).
     """
-    return not threading.main_thread().is_alive()
+    return bool(getattr(threading, "_SHUTTING_DOWN", False)) or (
+        not threading.main_thread().is_alive())
 
 
 def _fmt(v: Any) -> str:
