@@ -171,8 +171,8 @@ def _budgets(data: dict[Any, Any], *, quick: bool) -> list[dict[str, Any]]:
     from xfusion import gapfill
     from xfusion.methods.gapfill import StoriConfig, fit_stori
 
-    grid = [{"rounds": 100}, {"rounds": 250}, {}, {"rounds": 1000, "patience": 120},
-            {"train_samples": 40_000}, {"train_samples": 240_000, "rounds": 1000}]
+    grid = [{"rounds": 100}, {"rounds": 250}, {}, {"rounds": 1000},
+            {"rounds": 1000, "patience": 120}]
     if quick:
         grid = grid[:3]
     rows = []
