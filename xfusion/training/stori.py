@@ -79,7 +79,8 @@ class StoriConfig:
         Fields: ``rounds``, ``lr`` (0.1), ``leaves``, ``min_leaf``, ``l2``, ``train_samples``,
         ``sar_spatial``, ``augment`` (share hidden), ``augment_max_run``, ``patience``
         (rounds), ``val_fraction``, ``train_pixels``, ``min_observed``, ``time_budget``,
-        ``seed``. No torch needed. About 10-30 s of one core for a 64 x 64 x 73 series.
+        ``seed``. No torch needed. About 6-9 s of one core for a 64 x 64 x 73 series (2-core
+        machine at load 3-6; 15-20 s at load 9), see ``benchmarks/README.md``.
     ``"fixed"``
         the recurrent net (:mod:`xfusion.models.stori`) with the public code's bugs fixed (SAR
         step ``t`` used for step ``t``; the decay acts on the optical state; scene-level SAR
