@@ -568,6 +568,8 @@ register(Method(
         _p("uncertainty", choices=("ensemble", "mc-dropout"), help="add <band>_std bands"),
         _p("passes", "int", "MC-dropout passes (20)"),
         _p("dropout", "float", "MC-dropout probability (0.1)"),
+        _p("calibrate", "bool", "apply the uncertainty calibration stored with the weights "
+           "(default true)"),
         _p("tile", "int", "tile size in output px (256)"),
         _p("halo", "int", "context px around tiles and chunks"),
         _DEVICE,

@@ -140,9 +140,12 @@ def _load_sif_weights(weights: Any, *, method: str, guide_names: Sequence[str],
         )
     inputs = list(meta.get("inputs", []))
     nb = int(meta.get("nbands", 0))
-    if nb != 1 + len(guide_names):
+    resid = (meta.get("arch_params") or {}).get("kind") == "residual-mlp"
+    lst_channels = 2 if resid else 1
+    if (nb - lst_channels) // (2 if resid else 1) != len(guide_names):
         raise WeightsMismatchError(
-            f"The weights {path!r} take {nb} input channels (the coarse LST plus the guide "
+            f"The weights {path!r} take {nb} input channels ({lst_channels} LST channel(s) "
+            "plus the guide "
             f"bands {inputs[1:]!r}), but the guide has {len(guide_names)} band(s) "
             f"{list(guide_names)!r}. Pass a guide with the bands the weights were trained on, "
             "in that order, or train weights for this guide."
@@ -157,7 +160,8 @@ def _load_sif_weights(weights: Any, *, method: str, guide_names: Sequence[str],
     norm = meta.get("normalization") or {}
     mean = np.asarray(norm.get("mean", []), dtype=np.float64)
     std = np.asarray(norm.get("std", []), dtype=np.float64)
-    if mean.shape != (nb,) or std.shape != (nb,):
+    nstat = (nb - lst_channels) // (2 if resid else 1) + 1
+    if mean.shape != (nstat,) or std.shape != (nstat,):
         raise WeightsMismatchError(
             f"The weights {path!r} carry no usable normalisation statistics (found "
             f"{norm!r}); SIF weights must be saved with their per-channel mean and std. "
@@ -176,6 +180,11 @@ def _sif_engine_config(engine: EngineConfig | None, device: str) -> EngineConfig
 def _sif_predict(inp: GuidedInputs, w: _SifWeights, *, method: str, engine: EngineConfig) -> Any:
     """Lazy SIF-CNN-SR prediction ``(T, Hf, Wf)`` in the coarse input's units."""
     import dask.array as da
+
+    if (w.meta.get("arch_params") or {}).get("kind") == "residual-mlp":
+        from xfusion.training.sifsr_residual import predict_residual
+
+        return predict_residual(inp, w, method=method, engine=engine)
 
     from xfusion.engine.model import ModelSpec
     from xfusion.engine.run import map_model
@@ -211,13 +220,13 @@ def _sif_predict(inp: GuidedInputs, w: _SifWeights, *, method: str, engine: Engi
 
 
 _PARAMS: dict[str, tuple[str, ...]] = {
-    "sif-sr1": ("train",),
-    "sif-sr2": ("train",),
+    "sif-sr1": ("train", "variant"),
+    "sif-sr2": ("train", "variant"),
     "bicubic": (),
     "dms": ("window", "homogeneity", "std_features", "residual", "aggregation", "regressor",
             "n_estimators", "max_depth", "min_samples_leaf", "min_samples", "seed"),
     "harmonize": ("uncertainty", "passes", "dropout", "seed", "halo", "blend", "overlap",
-                  "tile", "bands"),
+                  "tile", "bands", "calibrate"),
 }
 
 
@@ -249,21 +258,21 @@ def _sr_one(var: xr.DataArray, *, guide: Any, scale: int | None, method: str, we
         data = dms_predict(inp, **params)
     else:
         inp = prepare_guided(var, guide, scale, need_guide=True)
-        if weights is None:
-            raise InvalidParameterError(
-                f"method={method!r} needs weights=: the path of a checkpoint trained with "
-                "`xfusion.methods.super_resolve.train_sif_sr(coarse, guide=..., out=...)` "
-                "(upstream SIF weights cannot be used: their normalisation statistics were "
-                "never published). Or pass weights='train' to train self-supervised on this "
-                "scene first (reads the data; options via params={'train': {...}})."
-            )
-        if isinstance(weights, str) and weights == "train":
+        if weights is None or (isinstance(weights, str) and weights == "train"):
             import tempfile
 
+            tkw = dict(params.get("train") or {})
+            if "variant" in params:
+                tkw["variant"] = params["variant"]
             folder = tempfile.mkdtemp(prefix="xfusion-sif-")
             weights = train_sif_sr(var, guide=guide, scale=scale, method=method,  # type: ignore[arg-type]
                                    out=os.path.join(folder, f"{method}.safetensors"),
-                                   device=device, **dict(params.get("train") or {}))
+                                   device=device, **tkw)
+        elif "variant" in params:
+            raise InvalidParameterError(
+                f"params={{'variant': ...}} for method={method!r} chooses what to train; with "
+                "weights= the checkpoint fixes it. Drop the variant, or weights=."
+            )
         w = _load_sif_weights(weights, method=method, guide_names=inp.guide_names,
                               scale=inp.grids.scale)
         data = _sif_predict(inp, w, method=method,
