@@ -21,7 +21,7 @@ Uncertainty (output variables ``<band>_std`` next to ``<band>``):
 Raw, neither is a calibrated error bar. Weights from :func:`train_harmonizer` carry a
 recalibration fitted on the validation strip (``std = sqrt((a spread)^2 + (c detail)^2 +
 s0^2)`` per band, ``detail`` the local 3x3 detail of the prediction: the aleatoric part the
-spread misses; also over 7x7), applied by default (``calibrate=False``: the raw spread). Measured
+spread misses; also over 7x7 and 15x15), applied by default (``calibrate=False``: the raw spread). Measured
 calibration (Spearman rho of std vs absolute error, share of errors within 1 and 2 std):
 benchmarks/README.md.
 """
@@ -279,7 +279,9 @@ def harmonize(
     rf_halo = int(meta.get("halo", 28))
     if _calibration(meta, uncertainty, members=members, dropout=dropout,
                     calibrate=calibrate) is not None:
-        rf_halo += 3  # the calibration reads the 7x7 neighbourhood of the mean
+        from xfusion.models.harmonize_unet import DETAIL_WINDOWS
+
+        rf_halo += max(DETAIL_WINDOWS) // 2  # the calibration reads around the mean
     if halo is None:
         halo = min(rf_halo, 64)
     halo = int(math.ceil(halo / align) * align)

@@ -287,7 +287,7 @@ def mc_dropout(passes: int = 20, p: float = 0.1, seed: int = 0, in_channels: int
                      p, seed)
 
 
-DETAIL_WINDOWS = (3, 7)
+DETAIL_WINDOWS = (3, 7, 15)
 """Box windows of the local-detail terms of the calibrated uncertainty."""
 
 
@@ -314,10 +314,10 @@ def calibrated_std(std: torch.Tensor, details: Sequence[torch.Tensor], a: torch.
 class Calibrated(nn.Module):
     """Recalibrated uncertainty around an :class:`Ensemble` or :class:`MCDropout`: the raw
     spread (epistemic) scaled by ``a``, plus an aleatoric part ``c_k x`` :func:`local_detail`
-    of the mean prediction over 3x3 and 7x7 windows and a floor ``s0``, per band; fitted on
+    of the mean prediction over 3x3, 7x7 and 15x15 windows and a floor ``s0``, per band; fitted on
     the training run's validation strip (Gaussian likelihood, see
     :func:`xfusion.training.harmonize.fit_calibration`). Same output layout ``[mean, std]``;
-    the halo grows by 3 px."""
+    the halo grows by 7 px."""
 
     scale = 1
 
