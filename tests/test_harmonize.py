@@ -258,7 +258,7 @@ def test_calibration_fits_a_known_heteroscedastic_error():
 
 
 def test_training_stores_a_calibration_that_harmonize_applies(trained, pair):
-    l8, s2 = pair
+    l8, _s2 = pair
     meta = read_metadata(trained)
     cal = meta["calibration"]
     assert set(cal) == {"ensemble", "mc-dropout"}

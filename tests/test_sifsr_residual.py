@@ -12,10 +12,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from xfusion.errors import InvalidParameterError, NotEnoughDataError
+from xfusion.methods._sifsr_residual import _conserve_block
 from xfusion.methods.super_resolve import super_resolve, train_sif_sr
 from xfusion.testing import raise_if_dask_computes, synthetic_scene
 from xfusion.training import read_metadata
-from xfusion.training.sifsr_residual import _conserve_block
 
 SMALL = {"epochs": 6, "steps_per_epoch": 3, "verbose": False}
 

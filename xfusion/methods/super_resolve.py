@@ -148,10 +148,11 @@ def _load_sif_weights(weights: Any, *, method: str, guide_names: Sequence[str],
     nb = int(meta.get("nbands", 0))
     resid = (meta.get("arch_params") or {}).get("kind") == "residual-mlp"
     lst_channels = 2 if resid else 1
+    what = ("bicubic and DMS LST plus, per guide band, the band and its cell detail, for the "
+            "guide" if resid else "the coarse LST plus the guide")
     if (nb - lst_channels) // (2 if resid else 1) != len(guide_names):
         raise WeightsMismatchError(
-            f"The weights {path!r} take {nb} input channels ({lst_channels} LST channel(s) "
-            "plus the guide "
+            f"The weights {path!r} take {nb} input channels ({what} "
             f"bands {inputs[1:]!r}), but the guide has {len(guide_names)} band(s) "
             f"{list(guide_names)!r}. Pass a guide with the bands the weights were trained on, "
             "in that order, or train weights for this guide."
@@ -188,7 +189,7 @@ def _sif_predict(inp: GuidedInputs, w: _SifWeights, *, method: str, engine: Engi
     import dask.array as da
 
     if (w.meta.get("arch_params") or {}).get("kind") == "residual-mlp":
-        from xfusion.training.sifsr_residual import predict_residual
+        from xfusion.methods._sifsr_residual import predict_residual
 
         return predict_residual(inp, w, method=method, engine=engine)
 

@@ -42,7 +42,7 @@ from xfusion.engine.device import resolve_device
 from xfusion.errors import InvalidParameterError, NotEnoughDataError
 from xfusion.models.registry import SIF_ARCH
 
-__all__ = ["RESIDUAL_DEFAULTS", "train_sif_residual"]
+__all__ = ["RESIDUAL_DEFAULTS", "cell_detail", "features", "train_sif_residual"]
 
 RESIDUAL_DEFAULTS: dict[str, Any] = {
     "epochs": 40, "steps_per_epoch": 10, "batch_size": 2048, "lr": 3e-3, "patience": 8,
@@ -101,18 +101,40 @@ def features(bic: Any, dms: Any, guide: Any, mean: np.ndarray, std: np.ndarray,
     return out
 
 
+def _fit_trees(c: np.ndarray, gmean: np.ndarray, gstd: np.ndarray, *,
+               homogeneity: float = 0.8, min_samples: int = 20) -> Any:
+    """DMS's global model with its defaults (:func:`xfusion.methods.dms.dms`): 10 bagged
+    regression trees (at least 5 cells per leaf) from the guide's cell means to the coarse
+    LST, fitted on the observed cells whose guide is most homogeneous (``homogeneity``
+    share, by coefficient of variation)."""
+    from sklearn.ensemble import BaggingRegressor
+    from sklearn.tree import DecisionTreeRegressor
+
+    ok = np.isfinite(c) & np.isfinite(gmean).all(axis=0)
+    n_ok = int(ok.sum())
+    if n_ok < min_samples:
+        raise NotEnoughDataError(
+            f"{n_ok} observed coarse pixels with a complete guide, fewer than {min_samples}.")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cv = np.mean(gstd / np.maximum(np.abs(gmean), 1e-6), axis=0)
+    use = ok & (cv <= np.quantile(cv[ok], homogeneity))
+    if use.sum() < min_samples:
+        use = ok
+    tree = DecisionTreeRegressor(min_samples_leaf=5, random_state=0)
+    model = BaggingRegressor(estimator=tree, n_estimators=10, random_state=0)
+    model.fit(gmean.reshape(gmean.shape[0], -1).T[use.ravel()], c[use])
+    return model
+
+
 def _dms_cross_fitted(c: np.ndarray, g: np.ndarray, t2: np.ndarray, g1: np.ndarray,
                       s: int) -> np.ndarray:
     """DMS prediction of the coarse LST ``c`` ``(T, Hc, Wc)`` from its aggregate ``t2`` and
     the aggregated guide ``g1``, with trees fitted as DMS fits them (coarse LST against the
-    guide aggregated to the coarse pixels, :func:`xfusion.methods._dms_kernel._fit` with the
-    DMS defaults), but cross-fitted: the cells of ``s x s`` coarse pixels form a
+    guide aggregated to the coarse pixels, :func:`_fit_trees`), but cross-fitted: the cells of ``s x s`` coarse pixels form a
     checkerboard, and each half is predicted by trees fitted on the other half. So the
     trees see about as many samples as at the target scale (a DMS fitted on ``t2`` alone
     sees ``s^2`` times fewer) and never the pixels they predict. The tree output is then
     corrected per cell to ``t2`` (radiance-consistent power mean, as DMS)."""
-    from xfusion.methods._dms_kernel import _agg_block, _fit
-
     nt, hc, wc = c.shape
     h2, w2 = t2.shape[-2:]
     h1, w1 = h2 * s, w2 * s
@@ -120,21 +142,18 @@ def _dms_cross_fitted(c: np.ndarray, g: np.ndarray, t2: np.ndarray, g1: np.ndarr
     cell = (np.arange(hc)[:, None] // s + np.arange(wc)[None, :] // s) % 2
     cell1 = cell[:h1, :w1]
     out = np.empty((nt, h1, w1), dtype=np.float64)
-    kw = {"nguide": ng, "window": 0, "homogeneity": 0.8, "std_features": False,
-          "regressor": "bagging", "n_estimators": 10, "max_depth": None,
-          "min_samples_leaf": 5, "min_samples": 20, "seed": 0}
     for t in range(nt):
-        gt = g[t if g.shape[0] == nt else 0]
-        feats = _agg_block(gt[None], scale=s)[0]  # (2G, Hc, Wc): the guide per coarse px
+        gt = np.asarray(g[t if g.shape[0] == nt else 0], dtype=np.float64)
+        v = gt.reshape(ng, hc, s, wc, s)
+        gmean, gstd = v.mean(axis=(2, 4)), v.std(axis=(2, 4))  # the guide per coarse px
         xs = np.asarray(g1[t], dtype=np.float64).reshape(ng, -1).T  # level-1 pixels
         pred = np.full(h1 * w1, np.nan)
         ok = np.isfinite(xs).all(axis=1)
         for fold in (0, 1):
-            ct = np.where(cell == fold, np.nan, c[t])  # fit on the other half
-            model = _fit(ct, feats, date=f"(cross-fit {fold})", **kw)
+            model = _fit_trees(np.where(cell == fold, np.nan, c[t]), gmean, gstd)
             sel = ok & (cell1.ravel() == fold)
             if sel.any():
-                pred[sel] = model["global"].predict(xs[sel])
+                pred[sel] = model.predict(xs[sel])
         pred = pred.reshape(h1, w1)
         v = pred.reshape(h2, s, w2, s)
         with np.errstate(invalid="ignore"):
@@ -379,60 +398,3 @@ def train_sif_residual(
     }
     save_checkpoint(out, {"model": model}, meta)
     return os.fspath(out)
-
-
-def predict_residual(inp: Any, w: Any, *, method: str, engine: Any) -> Any:
-    """Lazy prediction ``(T, Hf, Wf)`` of the default variant: the network on
-    ``[bicubic, DMS - bicubic, guide]``, then each coarse cell shifted to the observed value."""
-    import dask.array as da
-
-    from xfusion.cube.grids import rechunk_nested
-    from xfusion.engine.model import ModelSpec
-    from xfusion.engine.run import map_model
-    from xfusion.methods._dms_kernel import dms_predict
-
-    s = inp.grids.scale
-    coarse, guide = rechunk_nested(inp.coarse, inp.guide, s)
-    bic = bicubic_upsample(coarse, s, method=f"{method}.bicubic")
-    dms = dms_predict(inp, **dict(w.meta.get("dms") or {}))
-    nt = bic.shape[0]
-    lazy = dask.is_dask_collection(bic) or dask.is_dask_collection(dms)
-    if lazy:
-        bic = da.asarray(bic)
-        dms = da.asarray(dms).rechunk(bic.chunks)
-        guide = da.asarray(guide)
-        if guide.shape[0] != nt:
-            guide = da.broadcast_to(guide, (nt, *guide.shape[1:]))
-        guide = guide.rechunk((bic.chunks[0], -1, *bic.chunks[1:]))
-        x = da.stack(features(bic, dms, guide, w.mean, w.std, s), axis=1).rechunk({1: -1})
-    else:
-        guide = np.broadcast_to(guide, (nt, *guide.shape[1:]))
-        x = np.stack(features(np.asarray(bic), np.asarray(dms), guide, w.mean, w.std, s),
-                     axis=1)
-    spec = ModelSpec(name=method, builder="xfusion.models.checkpoint:build_from_checkpoint",
-                     kwargs={"path": w.path, "net": "model", "sha256": w.sha256}, halo=0,
-                     out_channels=1)
-    y = map_model(x, spec, config=engine, method=f"super_resolve.{method}")
-    y = y[:, 0] * np.float32(w.std[0]) + np.float32(w.mean[0])
-    if not lazy:
-        return _conserve_block(np.asarray(y), np.asarray(coarse), scale=s)
-    coarse = da.asarray(coarse)
-    y = y.rechunk((coarse.chunks[0], *(tuple(k * s for k in ch) for ch in coarse.chunks[1:])))
-    return da.map_blocks(_conserve_block, y, coarse, scale=s, dtype=np.float32,
-                         meta=np.empty((0, 0, 0), np.float32),
-                         name=f"xfusion.{method}.conserve-{dask.base.tokenize(y, coarse, s)}")
-
-
-def _conserve_block(y: np.ndarray, c: np.ndarray, *, scale: int) -> np.ndarray:
-    """Shift each ``scale x scale`` cell of ``y`` ``(T, h s, w s)`` so that the mean of its
-    finite pixels equals ``c`` ``(T, h, w)``; NaN where ``c`` is NaN."""
-    s = scale
-    t, hf, wf = y.shape
-    v = y.astype(np.float64).reshape(t, hf // s, s, wf // s, s)
-    fin = np.isfinite(v)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(fin, v, 0.0).sum(axis=(2, 4)) / fin.sum(axis=(2, 4))
-    shift = mean - np.asarray(c, dtype=np.float64)
-    out = v - shift[:, :, None, :, None]
-    out = np.where(np.isfinite(shift)[:, :, None, :, None], out, np.nan)
-    return out.reshape(t, hf, wf).astype(np.float32)
