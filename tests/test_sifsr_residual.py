@@ -182,3 +182,26 @@ def test_ctrl_c_stops_cleanly(scene, tmp_path, caplog, monkeypatch):
         train_sif_sr(lst, guide=ndvi, out=out, epochs=5, steps_per_epoch=2)
     assert any("interrupted after" in r.getMessage() for r in caplog.records)
     assert not out.exists()
+
+
+def test_ctrl_c_stops_the_paper_variant_cleanly(scene, tmp_path, caplog, monkeypatch):
+    lst, ndvi, _ = scene
+    import xfusion.models.sifsr as m
+
+    real = m.sif_loss
+    calls = {"n": 0}
+
+    def interrupt(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(m, "sif_loss", interrupt)
+    monkeypatch.setenv("XFUSION_PROGRESS", "log")
+    out = tmp_path / "kp.safetensors"
+    with caplog.at_level(logging.INFO, logger="xfusion"), pytest.raises(KeyboardInterrupt):
+        train_sif_sr(lst, guide=ndvi, out=out, variant="paper", width=4, epochs=3,
+                     steps_per_epoch=2, batch_size=2, patch=32)
+    assert any("interrupted after" in r.getMessage() for r in caplog.records)
+    assert not out.exists()

@@ -101,6 +101,13 @@ def _train_loop(model: torch.nn.Module, *,
                         val_batches=val_batches, loss_fn=loss_fn, epochs=epochs,
                         device=device, history=history, t0=t0, time_limit=time_limit,
                         patience=patience, freeze_bn_after=freeze_bn_after, best=best_box)
+    except KeyboardInterrupt:
+        bar.close()
+        from xfusion._progress import emit
+
+        emit(f"sif-sr training: interrupted after {len(history)} of {epochs} epoch(s); "
+             "nothing saved")
+        raise
     finally:
         bar.close()
     best, best_state, best_epoch = best_box["loss"], best_box["state"], best_box["epoch"]
