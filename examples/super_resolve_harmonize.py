@@ -23,6 +23,7 @@ from scipy.stats import spearmanr
 import xfusion
 from xfusion.methods.harmonize import L8_BANDS, S2_BANDS
 from xfusion.testing import synthetic_scene
+from xfusion.training.harmonize import calibration_report
 
 
 def pair(seed: int, n: int = 144) -> tuple[xr.Dataset, xr.Dataset]:
@@ -62,8 +63,10 @@ def main(out: Path) -> None:
         pred = np.stack([res[b].values for b in S2_BANDS])
         std = np.stack([res[f"{b}_std"].values for b in S2_BANDS])
         rho = spearmanr(std.ravel(), np.abs(pred - truth).ravel())[0]
+        cal = calibration_report(pred, std, truth)
         print(f"{name:<11} mean RMSE {rmse(pred, truth):.4f}, mean std {float(std.mean()):.4f}, "
-              f"Spearman rho(std, |error|) = {rho:.2f}")
+              f"Spearman rho(std, |error|) = {rho:.2f}, errors within 1 / 2 std: "
+              f"{100 * cal['within_1std']:.0f} / {100 * cal['within_2std']:.0f} %")
 
 
 if __name__ == "__main__":

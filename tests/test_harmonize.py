@@ -230,3 +230,52 @@ def test_pan_variant_takes_the_pan_as_guide(pair, tmp_path):
     xr.testing.assert_allclose(out.compute(), harmonize(l8, weights=w, guide=pan), atol=1e-5)
     with pytest.raises(InvalidParameterError, match="use the Landsat pan band: pass it as guide="):
         harmonize(l8, weights=w)
+
+
+# ------------------------------------------------------------------------------- calibration
+
+
+def test_calibration_fits_a_known_heteroscedastic_error():
+    """Errors whose std is 0.5 x the spread plus 2 x the local detail: the fit recovers a
+    std that covers about 68 % / 95 % of them and ranks them."""
+    from xfusion.training.harmonize import calibration_report, fit_calibration
+
+    gen = torch.Generator().manual_seed(0)
+    mean = torch.randn(4, 2, 32, 32, generator=gen).cumsum(-1) * 0.05
+    spread = torch.rand(4, 2, 32, 32, generator=gen) * 0.2
+    detail = hu.local_detail(mean, 3)
+    true_std = torch.sqrt((0.5 * spread) ** 2 + (2.0 * detail) ** 2 + 0.01**2)
+    truth = mean + true_std * torch.randn(mean.shape, generator=gen)
+    cal = fit_calibration(mean, spread, truth, steps=400)
+    assert len(cal["a"]) == 2 and len(cal["c"]) == len(hu.DETAIL_WINDOWS)
+    std = hu.calibrated_std(spread, [hu.local_detail(mean, w) for w in hu.DETAIL_WINDOWS],
+                            torch.tensor(cal["a"]), list(torch.tensor(cal["c"])),
+                            torch.tensor(cal["s0"]))
+    rep = calibration_report(mean.numpy(), std.numpy(), truth.numpy())
+    raw = calibration_report(mean.numpy(), spread.numpy(), truth.numpy())
+    assert 0.6 < rep["within_1std"] < 0.76 and 0.91 < rep["within_2std"] < 0.98
+    assert rep["spearman"] > raw["spearman"] and rep["spearman"] > 0.4
+
+
+def test_training_stores_a_calibration_that_harmonize_applies(trained, pair):
+    l8, _s2 = pair
+    meta = read_metadata(trained)
+    cal = meta["calibration"]
+    assert set(cal) == {"ensemble", "mc-dropout"}
+    for mode in cal.values():
+        assert mode["validation_calibrated"]["n"] > 0
+        assert 0.85 < mode["validation_calibrated"]["within_2std"] <= 1.0
+    raw = harmonize(l8, weights=trained, uncertainty="ensemble", calibrate=False)
+    out = harmonize(l8, weights=trained, uncertainty="ensemble")
+    xr.testing.assert_allclose(out.B04, raw.B04)  # the mean is untouched
+    assert float(out.B04_std.min()) > 0.0 and not np.allclose(out.B04_std, raw.B04_std)
+    # lazy and chunk-invariant with the calibration's extra halo (the ensemble: MC-dropout
+    # masks differ between tiles by design)
+    with raise_if_dask_computes():
+        lazy = harmonize(l8.chunk(12), weights=trained, uncertainty="ensemble")
+    assert float(np.abs(lazy.B04_std - out.B04_std).max()) < 1e-5
+    # another dropout than the calibrated one: the raw spread
+    other = harmonize(l8, weights=trained, uncertainty="mc-dropout", dropout=0.2)
+    same = harmonize(l8, weights=trained, uncertainty="mc-dropout", dropout=0.2,
+                     calibrate=False)
+    xr.testing.assert_allclose(other.B04_std, same.B04_std)

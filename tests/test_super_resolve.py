@@ -251,8 +251,8 @@ def test_bad_method_and_params(pair):
         super_resolve(c, guide=g, method="dms", params={"windw": 3})
     with pytest.raises(InvalidParameterError, match="needs guide="):
         super_resolve(c, method="dms", scale=4)
-    with pytest.raises(InvalidParameterError, match="needs weights="):
-        super_resolve(c, guide=g, method="sif-sr1")
+    with pytest.raises(InvalidParameterError, match="Valid keys"):
+        super_resolve(c, guide=g, method="sif-sr1", params={"epochs": 3})
 
 
 # ------------------------------------------------------------------------------- evaluation

@@ -101,3 +101,18 @@ def test_refuses_to_overwrite(tifs, capsys):
                  "2", "--overwrite"]) == 0
     with xr.open_dataarray(str(out), engine="rasterio") as a:
         assert a.shape == (1, 32, 32)
+
+
+def test_sif_variant_param_selects_the_paper_variant(tifs, capsys):
+    pytest.importorskip("torch")
+    from xfusion.training import read_metadata
+
+    d, _lst, _ndvi, ctif, gtif = tifs
+    out = str(d / "paper.tif")
+    params = ["variant=paper", "epochs=1", "steps_per_epoch=1", "batch_size=2", "patch=32",
+              "width=4", "device=cpu", "tile=32"]
+    args = ["super-resolve", "sif-sr1", "--coarse", ctif, "--guide", gtif, "--out", out]
+    assert main([*args, *[x for p in params for x in ("--param", p)]]) == 0
+    meta = read_metadata(str(d / "paper.weights.safetensors"))
+    assert meta["variant"] == "paper" and meta["arch_params"].get("kind", "unet") == "unet"
+    assert "training sif-sr1 self-supervised" in capsys.readouterr().out

@@ -18,7 +18,8 @@ from xfusion.models.sifsr import SIFUNet
 from xfusion.testing import raise_if_dask_computes, synthetic_scene
 from xfusion.training import read_metadata
 
-TINY = {"width": 4, "epochs": 2, "steps_per_epoch": 2, "batch_size": 4, "patch": 32}
+TINY = {"variant": "paper", "width": 4, "epochs": 2, "steps_per_epoch": 2, "batch_size": 4,
+        "patch": 32}
 
 
 def _random_bn(model, seed=0):
@@ -133,6 +134,7 @@ def test_checkpoint_holds_weights_and_normalisation(weights, scene):
     assert meta["arch"] == "sif-sr" and meta["method"] == "sif-sr1" and meta["scale"] == 4
     assert meta["nbands"] == 2 and meta["inputs"] == ["lst", "ndvi"]
     assert meta["arch_params"] == {"width": 4, "align_corners": False, "global_skip": True}
+    assert meta["variant"] == "paper"
     mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
     assert abs(mean[0] - float(lst.mean())) < 3 * float(lst.std())
     assert 0 < std[0] < 20 and 0 < std[1] < 1 and -1 < mean[1] < 1

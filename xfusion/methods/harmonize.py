@@ -18,8 +18,12 @@ Uncertainty (output variables ``<band>_std`` next to ``<band>``):
     deviation over the passes. Deterministic for a given tile (seeded), but tiles draw
     different masks.
 
-Neither is a calibrated error bar; both rank pixels by expected error (report the Spearman
-correlation between ``<band>_std`` and the absolute error on held-out data).
+Raw, neither is a calibrated error bar. Weights from :func:`train_harmonizer` carry a
+recalibration fitted on the validation strip (``std = sqrt((a spread)^2 + (c detail)^2 +
+s0^2)`` per band, ``detail`` the local 3x3 detail of the prediction: the aleatoric part the
+spread misses; also over 7x7 and 15x15), applied by default (``calibrate=False``: the raw spread). Measured
+calibration (Spearman rho of std vs absolute error, share of errors within 1 and 2 std):
+benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -89,18 +93,39 @@ def _read_members(weights: Any) -> tuple[list[tuple[str, str, str]], dict[str, A
     return members, first
 
 
+def _calibration(meta: Mapping[str, Any], uncertainty: str | None, *,
+                 members: list[tuple[str, str, str]],
+                 dropout: float, calibrate: bool) -> dict[str, tuple[float, ...]] | None:
+    """The stored calibration of ``uncertainty`` when it applies to this call (same members;
+    MC-dropout: same dropout probability), else None (the raw spread)."""
+    cal = (meta.get("calibration") or {}).get(str(uncertainty)) if calibrate else None
+    if not cal:
+        return None
+    files = {m[0] for m in members}
+    distinct = {(m[0], m[1]) for m in members}
+    if uncertainty == "ensemble" and (len(files) != 1 or len(distinct) != len(members)
+                                      or int(cal.get("members", 0)) != len(members)):
+        return None  # fitted for the checkpoint's own members, not this combination
+    if uncertainty == "mc-dropout" and not math.isclose(float(cal.get("p", dropout)), dropout):
+        return None
+    return {"a": tuple(float(v) for v in cal["a"]), "s0": tuple(float(v) for v in cal["s0"]),
+            "c": tuple(tuple(float(v) for v in row) for row in cal["c"])}
+
+
 def _model_spec(members: list[tuple[str, str, str]], meta: Mapping[str, Any], *,
                 uncertainty: str | None, passes: int, dropout: float, seed: int,
-                halo: int) -> Any:
+                halo: int, calibrate: bool = True) -> Any:
     from xfusion.engine.model import ModelSpec
 
     nout = len(meta.get("outputs", S2_BANDS))
+    cal = _calibration(meta, uncertainty, members=members, dropout=dropout,
+                       calibrate=calibrate)
     if uncertainty == "mc-dropout":
         path, net, sha = members[0]
         return ModelSpec(name="harmonize-mc-dropout",
                          builder="xfusion.models.harmonize_unet:mc_dropout_from_checkpoint",
                          kwargs={"path": path, "net": net, "sha256": sha, "passes": passes,
-                                 "p": dropout, "seed": seed},
+                                 "p": dropout, "seed": seed, "calibration": cal},
                          halo=halo, out_channels=2 * nout)
     if len(members) == 1:
         path, net, sha = members[0]
@@ -111,7 +136,8 @@ def _model_spec(members: list[tuple[str, str, str]], meta: Mapping[str, Any], *,
                      builder="xfusion.models.harmonize_unet:ensemble_from_checkpoints",
                      kwargs={"paths": tuple(m[0] for m in members),
                              "nets": tuple(m[1] for m in members),
-                             "sha256s": tuple(m[2] for m in members)},
+                             "sha256s": tuple(m[2] for m in members),
+                             "calibration": cal if uncertainty == "ensemble" else None},
                      halo=halo, out_channels=2 * nout)
 
 
@@ -133,6 +159,7 @@ def harmonize(
     tile: int = 256,
     engine: EngineConfig | None = None,
     device: str = "auto",
+    calibrate: bool = True,
 ) -> xr.Dataset:
     """Predict Sentinel-2-like 10 m reflectance from Landsat-8 bands (lazy, tiled).
 
@@ -174,6 +201,11 @@ def harmonize(
         Full engine configuration (overrides ``halo``/``blend``/``overlap``/``tile``/``device``).
     device : str, default "auto"
         Device.
+    calibrate : bool, default True
+        Apply the uncertainty calibration stored with the weights (fitted on the training
+        run's validation strip, see :func:`train_harmonizer`), when it fits this call: the
+        ensemble of the checkpoint's own members, MC-dropout with the same ``dropout``.
+        False: the raw spread, as in the paper.
 
     Returns
     -------
@@ -245,6 +277,11 @@ def harmonize(
     depth = int(meta.get("arch_params", {}).get("depth", 3))
     align = 2 ** (depth - 1)
     rf_halo = int(meta.get("halo", 28))
+    if _calibration(meta, uncertainty, members=members, dropout=dropout,
+                    calibrate=calibrate) is not None:
+        from xfusion.models.harmonize_unet import DETAIL_WINDOWS
+
+        rf_halo += max(DETAIL_WINDOWS) // 2  # the calibration reads around the mean
     if halo is None:
         halo = min(rf_halo, 64)
     halo = int(math.ceil(halo / align) * align)
@@ -255,7 +292,8 @@ def harmonize(
         tile_eff = max(int(tile), ov + align)
         engine = EngineConfig(tile=tile_eff, halo=halo, blend=blend, overlap=ov, device=device)
     spec = _model_spec(members, meta, uncertainty=uncertainty, passes=passes, dropout=dropout,
-                       seed=seed, halo=engine.halo if engine.halo is not None else halo)
+                       seed=seed, halo=engine.halo if engine.halo is not None else halo,
+                       calibrate=calibrate)
     if dask.is_dask_collection(arr) or (inp.guide is not None and dask.is_dask_collection(inp.guide)):
         if not dask.is_dask_collection(arr):
             arr = da.from_array(arr, chunks=(1, -1, 512, 512))

@@ -549,14 +549,18 @@ register(Method(
 ))
 
 _SIF_PARAMS = (
-    _p("epochs", "int", "training epochs without --weights (default 30)"),
-    _p("steps_per_epoch", "int", "optimizer steps per epoch (default 20)"),
-    _p("batch_size", "int", "patches per step (default 16)"),
-    _p("patch", "int", "training patch size in fine px (default 64)"),
-    _p("width", "int", "U-Net width (default 16, the paper's)"),
-    _p("lr", "float", "learning rate (default: the paper's)"),
-    _p("alpha", "float", "weight of the reconstruction term"),
-    _p("gamma", "float", "texture gain (negative: LST edges oppose NDVI's)"),
+    _p("variant", choices=("residual", "paper"),
+       help="residual (default: learned correction of bicubic + DMS, seconds to train) or "
+       "paper (SIF-CNN-SR U-Net as published)"),
+    _p("epochs", "int", "maximum training epochs without --weights (default 30)"),
+    _p("steps_per_epoch", "int", "optimizer steps per epoch (residual 10, paper 20)"),
+    _p("batch_size", "int", "cells (residual, 2048) or patches (paper, 16) per step"),
+    _p("patience", "int", "early-stopping patience in epochs (residual 8, paper 30)"),
+    _p("patch", "int", "paper: training patch size in fine px (default 64)"),
+    _p("width", "int", "hidden width (residual 32; paper U-Net 16)"),
+    _p("lr", "float", "learning rate (residual 3e-3; paper: the paper's)"),
+    _p("alpha", "float", "paper: weight of the reconstruction term"),
+    _p("gamma", "float", "paper: texture gain (negative: LST edges oppose NDVI's)"),
     _p("seed", "int", "training seed (default 0)"),
     _p("tile", "int", "inference tile size in fine px (default 512)"),
     _DEVICE,
@@ -567,8 +571,9 @@ for _name, _variant in (("sif-sr1", "Sobel texture loss"), ("sif-sr2", "high-pas
         name=_name,
         kind="super-resolve",
         function="xfusion.methods.super_resolve:super_resolve",
-        help=f"SIF-CNN-SR ({_variant}): NDVI-guided LST U-Net, trained self-supervised on the "
-        "scene without --weights",
+        help=f"NDVI-guided LST sharpening trained self-supervised on the scene without "
+        f"--weights: by default a learned correction of bicubic + DMS; variant=paper: "
+        f"SIF-CNN-SR ({_variant})",
         needs=("guide",),
         weights=True,
         params=_SIF_PARAMS,
@@ -614,6 +619,8 @@ register(Method(
         _p("uncertainty", choices=("ensemble", "mc-dropout"), help="add <band>_std bands"),
         _p("passes", "int", "MC-dropout passes (20)"),
         _p("dropout", "float", "MC-dropout probability (0.1)"),
+        _p("calibrate", "bool", "apply the uncertainty calibration stored with the weights "
+           "(default true)"),
         _p("tile", "int", "tile size in output px (256)"),
         _p("halo", "int", "context px around tiles and chunks"),
         _DEVICE,

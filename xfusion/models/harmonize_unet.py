@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -286,19 +287,85 @@ def mc_dropout(passes: int = 20, p: float = 0.1, seed: int = 0, in_channels: int
                      p, seed)
 
 
+DETAIL_WINDOWS = (3, 7, 15)
+"""Box windows of the local-detail terms of the calibrated uncertainty."""
+
+
+def local_detail(mean: torch.Tensor, window: int = 3) -> torch.Tensor:
+    """``|mean - box mean(mean)|`` over ``window x window`` px per channel (edges
+    replicated): where the prediction has detail, which is where super-resolution errors
+    concentrate."""
+    r = window // 2
+    pad = F.pad(mean, (r, r, r, r), mode="replicate")
+    return (mean - F.avg_pool2d(pad, window, stride=1)).abs()
+
+
+def calibrated_std(std: torch.Tensor, details: Sequence[torch.Tensor], a: torch.Tensor,
+                   cs: Sequence[torch.Tensor], s0: torch.Tensor) -> torch.Tensor:
+    """``sqrt((a std)^2 + sum_k (c_k detail_k)^2 + s0^2)`` with per-band parameters (shape
+    ``(B,)``)."""
+    v = lambda t: t.view(1, -1, 1, 1)
+    var = (v(a) * std) ** 2 + v(s0) ** 2
+    for d, c in zip(details, cs, strict=True):
+        var = var + (v(c) * d) ** 2
+    return torch.sqrt(var)
+
+
+class Calibrated(nn.Module):
+    """Recalibrated uncertainty around an :class:`Ensemble` or :class:`MCDropout`: the raw
+    spread (epistemic) scaled by ``a``, plus an aleatoric part ``c_k x`` :func:`local_detail`
+    of the mean prediction over 3x3, 7x7 and 15x15 windows and a floor ``s0``, per band; fitted on
+    the training run's validation strip (Gaussian likelihood, see
+    :func:`xfusion.training.harmonize.fit_calibration`). Same output layout ``[mean, std]``;
+    the halo grows by 7 px."""
+
+    scale = 1
+
+    def __init__(self, inner: nn.Module, a: Sequence[float], c: Sequence[Sequence[float]],
+                 s0: Sequence[float]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.out_channels = int(inner.out_channels)  # type: ignore[arg-type]
+        self.halo = int(inner.halo) + max(DETAIL_WINDOWS) // 2  # type: ignore[arg-type]
+        self.register_buffer("a", torch.tensor(list(a), dtype=torch.float32))
+        self.register_buffer("c", torch.tensor([list(x) for x in c], dtype=torch.float32))
+        self.register_buffer("s0", torch.tensor(list(s0), dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = self.inner(x)
+        n = o.shape[1] // 2
+        mean, std = o[:, :n], o[:, n:]
+        details = [local_detail(mean, w) for w in DETAIL_WINDOWS]
+        cal = calibrated_std(std, details, self.a, list(self.c), self.s0)  # type: ignore[arg-type]
+        return torch.cat([mean, cal], dim=1)
+
+
+def _calibrate(module: nn.Module, calibration: Any) -> nn.Module:
+    if not calibration:
+        return module
+    cal = dict(calibration)
+    return Calibrated(module, cal["a"], cal["c"], cal["s0"])
+
+
 def ensemble_from_checkpoints(paths: Sequence[str], nets: Sequence[str],
-                              sha256s: Sequence[str | None]) -> Ensemble:
-    """Build an :class:`Ensemble` from checkpoint members ``(path, net)`` (engine builder)."""
+                              sha256s: Sequence[str | None], calibration: Any = None
+                              ) -> nn.Module:
+    """Build an :class:`Ensemble` from checkpoint members ``(path, net)`` (engine builder),
+    wrapped in :class:`Calibrated` when ``calibration`` (``{"a", "c", "s0"}``) is given."""
     from xfusion.models.checkpoint import build_from_checkpoint
 
-    return Ensemble([build_from_checkpoint(p, n, s)  # type: ignore[misc]
-                     for p, n, s in zip(paths, nets, sha256s, strict=True)])
+    return _calibrate(Ensemble([build_from_checkpoint(p, n, s)  # type: ignore[misc]
+                                for p, n, s in zip(paths, nets, sha256s, strict=True)]),
+                      calibration)
 
 
 def mc_dropout_from_checkpoint(path: str, net: str, sha256: str | None, passes: int = 20,
-                               p: float = 0.1, seed: int = 0) -> MCDropout:
-    """Build :class:`MCDropout` around a checkpoint member (engine builder)."""
+                               p: float = 0.1, seed: int = 0, calibration: Any = None
+                               ) -> nn.Module:
+    """Build :class:`MCDropout` around a checkpoint member (engine builder), wrapped in
+    :class:`Calibrated` when ``calibration`` is given."""
     from xfusion.models.checkpoint import build_from_checkpoint
 
     model = build_from_checkpoint(path, net, sha256)
-    return MCDropout(model, passes=passes, p=p, seed=seed)  # type: ignore[arg-type]
+    return _calibrate(MCDropout(model, passes=passes, p=p, seed=seed),  # type: ignore[arg-type]
+                      calibration)

@@ -212,9 +212,11 @@ BUILTIN_ARCHITECTURES: tuple[Architecture, ...] = (
     ),
     Architecture(
         name=SIF_ARCH, builder="xfusion.models.sifsr:sif_unet", method="super_resolve",
-        defaults={"width": 16, "align_corners": False, "global_skip": False},
+        defaults={"width": 16, "align_corners": False, "global_skip": False, "kind": "unet",
+                  "depth": 4},
         description="SIF-CNN-SR residual U-Net (ModelB_2, 3 levels); 282,705 parameters "
-        "with width 16 and 2 input channels, as the paper's",
+        "with width 16 and 2 input channels, as the paper's (kind='unet'); kind="
+        "'residual-mlp': xfusion's default per-pixel correction of bicubic + DMS",
         verified=True,
     ),
     Architecture(

@@ -24,7 +24,9 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
+    "SIFResidualMLP",
     "SIFUNet",
+    "conserve_cells",
     "degrade",
     "gaussian_kernel",
     "highpass",
@@ -167,9 +169,83 @@ class SIFUNet(nn.Module):
         return out  # type: ignore[no-any-return]
 
 
+class SIFResidualMLP(nn.Module):
+    """Per-pixel correction network of xfusion's default SIF variant (``variant="residual"``).
+
+    Input channels (z-scored with the LST statistics, guide bands with their own):
+    ``[bicubic LST, DMS LST - bicubic LST, guide bands...]``; output: the bicubic LST (channel
+    0) plus ``mix`` (a learned scalar, started at 0 or 1: from bicubic or from DMS) times
+    channel 1 plus a learned correction, computed pixel by pixel (1x1 convolutions, ReLU). Being
+    pointwise it has no spatial scale of its own, so weights fitted one scale coarser (the
+    coarse LST against its own 4x-aggregated version, see
+    :func:`xfusion.training.sifsr.train_sif_sr`) apply unchanged on the fine grid: the
+    spatial detail comes from the two classic predictions and the guide. The output layer
+    starts at zero (an untrained network returns bicubic or DMS). ``halo = 0``.
+
+    Parameters
+    ----------
+    in_channels : int
+        ``2 + number of guide bands``.
+    width : int, default 32
+        Hidden channels.
+    depth : int, default 4
+        Layers (``depth - 1`` hidden ones).
+    """
+
+    scale = 1
+    out_channels = 1
+    halo = 0
+
+    def __init__(self, in_channels: int = 3, width: int = 32, depth: int = 4) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = int(in_channels)
+        for _ in range(int(depth) - 1):
+            layers += [nn.Conv2d(c, int(width), 1), nn.ReLU()]
+            c = int(width)
+        layers.append(nn.Conv2d(c, 1, 1))
+        self.net = nn.Sequential(*layers)
+        self.mix = nn.Parameter(torch.zeros(()))
+        last = self.net[-1]
+        assert isinstance(last, nn.Conv2d)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)  # type: ignore[arg-type]
+        self.in_channels = int(in_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` -> ``(N, 1, H, W)`` (z-scored LST)."""
+        n, c, h, w = x.shape
+        # the 1x1 convolutions as matrix products over the pixels (far faster on CPU)
+        z = x.permute(0, 2, 3, 1).reshape(-1, c)
+        for layer in self.net:
+            if isinstance(layer, nn.Conv2d):
+                z = F.linear(z, layer.weight[:, :, 0, 0], layer.bias)
+            else:
+                z = layer(z)
+        return x[:, :1] + self.mix * x[:, 1:2] + z.reshape(n, h, w, 1).permute(0, 3, 1, 2)
+
+
+def conserve_cells(y: torch.Tensor, coarse: torch.Tensor, mask: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """Shift each ``s x s`` cell of ``y`` ``(N, 1, s, s)`` so its mean (over ``mask``) equals
+    ``coarse`` ``(N, 1, 1, 1)``: the coarse-cell conservation of the DMS residual correction."""
+    if mask is None:
+        mean = y.mean(dim=(-2, -1), keepdim=True)
+    else:
+        m = mask.to(y.dtype)
+        mean = (y * m).sum(dim=(-2, -1), keepdim=True) / m.sum(dim=(-2, -1),
+                                                                keepdim=True).clamp_min(1.0)
+    return y - (mean - coarse)
+
+
 def sif_unet(in_channels: int = 2, width: int = 16, align_corners: bool = False,
-             global_skip: bool = False) -> SIFUNet:
-    """Builder of :class:`SIFUNet` (registry: ``builder(bands, **params)``)."""
+             global_skip: bool = False, kind: str = "unet", depth: int = 4
+             ) -> nn.Module:
+    """Builder of the SIF networks (registry: ``builder(bands, **params)``):
+    ``kind="unet"``: :class:`SIFUNet` (the paper's); ``kind="residual-mlp"``:
+    :class:`SIFResidualMLP` (xfusion's default variant; ``width``, ``depth``)."""
+    if kind == "residual-mlp":
+        return SIFResidualMLP(in_channels=in_channels, width=width, depth=depth)
     return SIFUNet(in_channels=in_channels, width=width, align_corners=align_corners,
                    global_skip=global_skip)
 
