@@ -186,8 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="super-resolve a coarse GeoTIFF onto a fine guide grid (LST, Landsat -> S2)",
         description="Super-resolve a coarse GeoTIFF (e.g. MODIS LST) onto the grid of a fine\n"
         "guide GeoTIFF (e.g. NDVI) nested in it by --scale, and write a float32 GeoTIFF.\n"
-        "Methods: sif-sr1, sif-sr2 (SIF-CNN-SR; without --weights they first train\n"
-        "self-supervised on the scene, --param epochs=N), dms (regression trees), bicubic,\n"
+        "Methods: sif-sr1, sif-sr2 (NDVI-guided sharpening; default: a learned correction\n"
+        "of bicubic + DMS, --param variant=paper: SIF-CNN-SR as published; without --weights\n"
+        "they first train self-supervised on the scene, --param epochs=N), dms (regression\n"
+        "trees), bicubic,\n"
         "harmonize (Landsat-8 6 bands -> Sentinel-2-like, needs --weights).\n\n"
         + _methods_help("super-resolve"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -584,9 +586,9 @@ def _cmd_super_resolve(args: argparse.Namespace) -> int:
             engine = EngineConfig(tile=tile, device=device)
             if weights is None:
                 wpath = os.path.splitext(args.out)[0] + ".weights.safetensors"
-                kw = {"epochs": 30, **params}
+                kw = dict(params)
                 print(f"xfusion: no --weights: training {method} self-supervised on the scene "
-                      f"({kw['epochs']} epochs) ...")
+                      f"(variant {kw.get('variant', 'residual')}) ...")
                 weights = train_sif_sr(lst, guide=guide, scale=args.scale, method=method,
                                        out=wpath, device=device, **kw)
                 print(f"xfusion: saved weights to {weights}")
