@@ -416,9 +416,11 @@ def nets_metadata(
     }
 
 
-def train_options(**kw: Any) -> SttfnTrainOptions:
-    base = SttfnTrainOptions()
-    return replace(base, **{k: v for k, v in kw.items() if v is not None})
+def train_options(*, defaults: Mapping[str, Any] | None = None, **kw: Any) -> SttfnTrainOptions:
+    """:class:`SttfnTrainOptions` from ``defaults`` (e.g. a variant's) and the non-None ``kw``."""
+    merged = dict(defaults or {})
+    merged.update({k: v for k, v in kw.items() if v is not None})
+    return replace(SttfnTrainOptions(), **merged)
 
 
 def _cases_of(ds: xr.Dataset, roles: Roles, max_gap_days: float | None,
