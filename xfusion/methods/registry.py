@@ -387,9 +387,9 @@ register(Method(
         _p("variant", choices=("xfusion", "paper"),
            help="xfusion (default: xfusion-v2 nets, combine=time, short training) or paper "
            "(xfusion-v1 nets, fine-scale STC, 30 epochs on the reference pairs only)"),
-        _p("epochs", "int", "training epochs per net (xfusion: 6, paper: 30)"),
+        _p("epochs", "int", "training epochs per net (xfusion: 4, paper: 30)"),
         _p("seed", "int", "seed of the training (default 0)"),
-        _p("patch_size", "int", "training patch size in pixels (xfusion: 128, paper: 48)"),
+        _p("patch_size", "int", "training patch size in pixels (xfusion: 96, paper: 48)"),
         _p("patches", "int", "random training patches per net (xfusion: 8, paper: 128)"),
         _p("batch_size", "int", "patches per optimizer step (xfusion: 4, paper: 16)"),
         _p("lr", "float", "Adam learning rate (default 1e-3)"),

@@ -11,6 +11,11 @@ For each target date ``t2`` with fine/coarse pairs at ``t1 < t2 < t3``:
   the paper's), or, as xfusion extensions, by temporal distance (``combine="time"``) or by
   both (``combine="stc-time"``).
 
+``variant="paper"`` is that description with the spec's reconstructed net (``"xfusion-v1"``)
+and STC; the default ``variant="xfusion"`` (chosen by measurement against STARFM, see
+``benchmarks/README.md``) uses ``"xfusion-v2"`` nets that start from the fine image plus the
+smoothed coarse change and learn a gain on it, a short training, and ``combine="time"``.
+
 Training happens when :func:`sttfn` is called (it reads patches of the two reference pairs;
 per-triplet regime, the paper's) unless ``weights=`` names a checkpoint trained beforehand by
 :func:`train_sttfn` on many triplets and regions (general regime, applied without
@@ -90,7 +95,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "arch_params": {"offset": False},
         "combine": "time",
         "stc_scale": "fine",
-        "train": {"epochs": 6, "patches": 8, "patch_size": 128, "batch_size": 4,
+        "train": {"epochs": 4, "patches": 8, "patch_size": 96, "batch_size": 4,
                   "patience": 2, "lr": 1e-3, "temporal_mix": 1.0, "target_offset": 0.3},
     },
     "paper": {
@@ -409,7 +414,7 @@ def sttfn(
         ``"xfusion"`` (default, chosen by measurement, see Notes): ``"xfusion-v2"`` nets
         whose untrained guess is the fine image plus the smoothed coarse change and whose
         learned correction is a per-pixel gain on that change (``offset=False``), a short
-        training (6 epochs of 8 random 128 px patches, batch 4, patience 2; the untrained
+        training (4 epochs of 8 random 96 px patches, batch 4, patience 2; the untrained
         guess is kept when training does not improve the held-out strip), combined by
         temporal distance (``combine="time"``). ``"paper"``: the spec's reconstruction of
         Yin et al. (2021): ``"xfusion-v1"`` nets trained on the reference pairs only
@@ -528,9 +533,16 @@ def sttfn(
     the pairs; ``combine="time"`` weights the prediction from the nearer pair more. Measured
     (``benchmarks/bench_sttfn.py``): on synthetic LST it lowered the RMSE by 13-27 % against
     ``"stc"``; on Kranj (reflectance, target 9 and 16 days from the pairs) it was 3 % worse.
-    The most accurate configuration measured on synthetic LST is ``arch="xfusion-v2",
-    combine="time"`` (mean RMSE 0.75 of STARFM's over six scenes, SSIM 0.94 vs 0.87); on
-    Kranj, ``arch="xfusion-v2"`` with the default ``"stc"``.
+
+    The default ``variant="xfusion"`` was chosen by measurement (``benchmarks/README.md``,
+    "STTFN accuracy"): with ``combine="time"`` the untrained ``"xfusion-v2"`` guess is
+    ``q L1 + (1 - q) L3 + S(M2 - q M1 - (1 - q) M3)``, the temporal interpolation of the
+    fine images plus the smoothed departure of the coarse image from its own interpolation,
+    which is what beats STARFM; the short training (a gain on the smoothed change, kept only
+    when it beats the untrained nets on the held-out strip) changes it little, and longer
+    training made it worse on the synthetic scenes (the nets learn the t1 -> t3 change, not
+    the dates between). Training time grows with ``epochs`` and ``patches``, not with the
+    scene size.
     ``"xfusion-v1"`` is xfusion's reconstruction of the paper's
     network (the layer table was not available; see :mod:`xfusion.models.sttfn`): its output
     is ``L_ref + (M_tgt - M_ref) + R``, and with the default ``init="zero-head"`` the

@@ -41,8 +41,10 @@ Measured (``benchmarks/bench_sttfn.py``) it is more accurate than v1 on syntheti
 Kranj; with ``sttfn(combine="time")`` it is the configuration that beats STARFM by the widest
 margin on synthetic LST (mean RMSE 0.75 of STARFM's over six seeds). Per-triplet training
 (with the default ``target_offset``) no longer diverges on those scenes, but the trained net
-is there no better than its untrained guess ``L_ref + S``; on Kranj training helps. It stays
-an option, not the default, which is the spec's reconstruction.
+is there no better than its untrained guess ``L_ref + S``; on Kranj training helps. With
+``offset=False`` (the correction is ``g S`` only, so it vanishes where the coarse image does not
+change) it is the net of ``sttfn(variant="xfusion")``, the default; ``variant="paper"`` uses
+``"xfusion-v1"``, the spec's reconstruction.
 
 The module takes raw values (kelvin, reflectance...) and normalises them itself with the
 per-band ``mean``/``std`` buffers, which are part of its weights: a saved net carries the
