@@ -11,8 +11,8 @@ STTFN trains its forward (068 -> 093) and backward (093 -> 068) nets on this one
 applied again from the saved weights to show that the result is reproduced without training.
 It runs twice: with its defaults (``variant="xfusion"``: ``"xfusion-v2"`` nets learning a
 gain on the smoothed coarse change, combined by temporal distance, a short training) and as
-the paper describes it (``variant="paper"``: ``"xfusion-v1"`` nets, here at half width and
-20 epochs because the scene is tiny, combined by the fine-scale consistency weighting).
+the paper describes it (``variant="paper"``: ``"xfusion-v1"`` nets, here at half width,
+10 epochs of 32 patches, because the scene is tiny, combined by the fine-scale consistency weighting).
 STARFM uses both pairs (``pairs="bracket"``, USDA preset, 600 m search distance because the
 image is smaller than USDA's 750 m window).
 
@@ -37,8 +37,8 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kran
 # the paper variant, small: a 44 x 45 px scene holds little training data
 PAPER_OPTIONS = {
     "variant": "paper",
-    "epochs": 20,
-    "patches": 64,
+    "epochs": 10,
+    "patches": 32,
     "patch_size": 24,
     "batch_size": 8,
     "arch_params": {"sr_width": 32, "feat": 16, "width": 32},
