@@ -134,6 +134,8 @@ def test_progress_lines_on_the_xfusion_logger_when_not_a_terminal(caplog, monkey
     assert mid and "left" in mid[0] and "train=" in mid[0] and "val=" in mid[0], fwd
     assert "val=nan" not in mid[0]  # the held-out strip is scored every epoch
     assert any(ln.startswith("sttfn backward") for ln in lines)
+    assert any(ln.startswith("sttfn forward: completed after 3 epoch(s)") and "kept" in ln
+               for ln in lines)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="xfusion"):
         sttfn(_scene(), fine="fine", coarse="coarse", progress=False, **FAST)

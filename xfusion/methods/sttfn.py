@@ -368,7 +368,7 @@ def sttfn(
     batch_size: int | None = None,
     lr: float | None = None,
     val_fraction: float | None = None,
-    patience: int | None = None,
+    patience: int | Literal["auto"] | None = "auto",
     min_valid: float | None = None,
     augment: bool | None = None,
     temporal_mix: float | None = None,
@@ -444,7 +444,8 @@ def sttfn(
         405,025-parameter net (v1) or a 109,426-parameter net (v2).
     epochs, patch_size, patches, batch_size, lr, val_fraction, patience, min_valid
         Training options, see :class:`SttfnTrainOptions` (defaults: the variant's, see
-        ``variant``; Adam lr 1e-3, 10 % of the scene held out as a strip for early
+        ``variant``; ``patience="auto"`` is the variant's, ``patience=None`` never stops
+        early; Adam lr 1e-3, 10 % of the scene held out as a strip for early
         stopping, patches need 50 % observed pixels in every input). A bigger budget is
         one option away (``epochs=24``, ``patches=32``); ``epochs=0`` gives the untrained
         guess.
