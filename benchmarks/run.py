@@ -28,6 +28,8 @@ BENCHMARKS = {
     "starfm": ("bench_starfm", {}, {"quick": True}),
     "estarfm": ("bench_estarfm", {}, {"quick": True}),
     "fitfc": ("bench_fitfc", {}, {"quick": True}),
+    "fsdaf": ("bench_fsdaf", {}, {"quick": True}),
+    "starfm_usda": ("bench_starfm_usda", {}, {"quick": True}),
     "sttfn": ("bench_sttfn", {}, {"quick": True}),
     "super_resolve": ("bench_super_resolve", {}, {"quick": True}),
     "gapfill": ("bench_gapfill", {}, {"quick": True}),

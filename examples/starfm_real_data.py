@@ -7,7 +7,8 @@ Two cases from ``../shared/data`` (see its README for licences and origins):
   077 and 093. Landsat is reflectance x1e4 (clouds are nodata -3.4e38 in ``unfilled/``), MODIS
   is 0..1 reflectance already on the Landsat grid, so it is multiplied by 1e4 and the USDA
   preset (reference mode) applies. The image is only 44 x 45 pixels, so the search distance
-  is 600 m (a 40 px window) instead of USDA's 750 m (50 px, larger than the image).
+  is 600 m (a 40 px window) instead of USDA's 750 m (50 px, which STARFM clips to the image
+  as USDA v1.2.1 does).
 * **Yanco** (Australia, 2016; ubESTARFM project, MIT): land-surface temperature in kelvin at
   0.001 degrees (EPSG:4326, ~100 m). Pair 2016-02-05, MODIS on 2016-03-08 -> predict the
   Landsat LST of 2016-03-08 with the ``"lst"`` preset (a geographic CRS: the pixel size in
@@ -16,7 +17,8 @@ Two cases from ``../shared/data`` (see its README for licences and origins):
 Each prediction is reported with RMSE, Pearson r and SSIM against the truth, next to the naive
 baselines (the coarse image of the target date, and the fine image of the pair date), all on
 the pixels valid in every one of them. Run: ``python examples/starfm_real_data.py``
-(a few seconds).
+(a few seconds: 5.9 s wall, 3.3 s of it after the imports, peak RSS 0.33 GB, measured on the
+2-core development machine at load average 5).
 """
 
 from __future__ import annotations

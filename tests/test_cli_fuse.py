@@ -204,6 +204,21 @@ def test_unreadable_path_exits_1_naming_it(tifs, tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_truncated_file_exits_1_naming_it(tifs, tmp_path, capsys):
+    """A GeoTIFF cut short (an interrupted download) fails at read time inside dask: the
+    error names the file and the block, not GDAL's TIFFFillStrip."""
+    rng = np.random.default_rng(0)
+    fine = write_tif(tmp_path / "cut_0308.tif", rng.random((256, 240)).astype("float32"))
+    size = os.path.getsize(fine)
+    with open(fine, "r+b") as f:
+        f.truncate(int(size * 0.6))
+    argv = fuse_args({**tifs, "fine": fine}, tmp_path / "pred.tif", "--chunks", "64")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "RasterReadError" in err and repr(fine) in err and "truncated" in err
+    assert "Traceback" not in err
+
+
 def test_no_pair_exits_1(tifs, tmp_path, capsys):
     argv = [
         "fuse",
@@ -430,6 +445,9 @@ def test_empty_target_exits_1_naming_it_and_the_cause(tifs, tmp_path, capsys, su
     ("estarfm", ["half_window=4"]),
     ("fitfc", ["sf_half_window=4", "n_similar=6", "scale_factor=4"]),
     ("starfm", ["preset=reflectance", "max_search_distance=300", "pairs=bracket"]),
+    ("starfm", ["max_search_distance=300", "pairs=bracket"]),  # the default preset: auto
+    ("fsdaf", ["half_window=4", "n_similar=6", "scale_factor=4", "block_cells=6",
+               "data_range=0,1"]),
 ])
 def test_cli_equals_the_api_on_the_same_files(tmp_path, method, params):
     """`xfusion fuse METHOD --param ...` gives what the Python function gives on the cube

@@ -445,16 +445,13 @@ def test_starfm_fine_and_coarse_on_different_grids():
         starfm(ds, fine="fine", coarse="coarse", max_search_distance=60)
 
 
-def test_starfm_window_larger_than_the_image():
+def test_starfm_window_of_zero_pixels():
+    """A window larger than the image is clipped to it (USDA v1.2.1); a window of 0 px is an
+    error that says the smallest distance."""
     from xfusion import starfm
 
-    with pytest.raises(
-        InvalidParameterError,
-        match=r"starfm\(\) window of 50 px \(int\(2 \* max_search_distance / resolution\) = "
-        r"int\(2 \* 750 / 30\)\) is larger than the image \(4 x 5 px\)\. Use "
-        r"max_search_distance <= 60 m",
-    ):
-        starfm(starfm_cube(), fine="fine", coarse="coarse")
+    out = starfm(starfm_cube(), fine="fine", coarse="coarse")  # 50 px window, 4 x 5 px image
+    assert out["fine"].shape[1:] == (4, 5)
     with pytest.raises(InvalidParameterError, match=r"is 0 pixels\. Use max_search_distance >= 15"):
         starfm(starfm_cube(), fine="fine", coarse="coarse", max_search_distance=10)
 
@@ -525,7 +522,7 @@ def test_starfm_integer_data_without_nodata():
         )),
         ({"preset": "landsat"}, (
             r"Unknown preset='landsat' for starfm\(\)\. Choose one of "
-            r"\['usda', 'reflectance', 'lst'\]"
+            r"\['auto', 'usda', 'reflectance', 'lst'\]"
         )),
         ({"mode": "exact"}, (
             r"Unknown mode='exact' for starfm\(\)\. Choose one of "
@@ -649,7 +646,9 @@ def test_gapfill_stori_weights_and_data_errors(tmp_path):
                        r"has 0\..*or use method='linear'"):
         ds = gapfill_cube()
         ds["ndvi"][1:] = np.nan
-        gapfill(ds, config=StoriConfig(hidden=2, epochs=1))
+        gapfill(ds, config=StoriConfig(rounds=5))
+    with pytest.raises(NotEnoughDataError, match=r"STORI needs pixels with at least 3 "):
+        gapfill(ds, config=StoriConfig(variant="fixed", hidden=2, epochs=1))
     with pytest.raises(WeightsNotFoundError, match=r"Weights 'nope\.safetensors' are neither a "
                        r"file nor a registered name"):
         gapfill(gapfill_cube(), weights="nope.safetensors")

@@ -181,12 +181,16 @@ def test_float32_first_pass_is_close_to_float64(cube):
     assert np.nanmax(diff) <= 1 and np.nanmean(diff) < 0.01
 
 
-def test_default_truncates_toward_zero_like_the_reference_programs(cube):
+def test_zhu_truncates_toward_zero_like_the_reference_programs(cube):
     exact = estarfm(cube, **names(cube), half_window=3, truncate=False)
-    trunc = estarfm(cube, **names(cube), half_window=3)
+    trunc = estarfm(cube, **names(cube), half_window=3, preset="zhu")
     for v in exact.data_vars:
         np.testing.assert_array_equal(trunc[v].values, np.trunc(exact[v].values))
     assert json.loads(trunc.attrs["xfusion_estarfm"])["truncate"] is True
+    # the default ("auto") truncates integer outputs only: float data keep their decimals
+    auto = estarfm(cube, **names(cube), half_window=3)
+    for v in exact.data_vars:
+        np.testing.assert_array_equal(auto[v].values, exact[v].values)
 
 
 def test_image_smaller_than_the_window(rng):
@@ -263,8 +267,9 @@ def test_integer_io_with_fill(rng, backend):
     ids["fine"] = (ds.fine.dims, fi, {"nodata": -9999})
     if backend == "dask":
         ds, ids = rechunk(ds, (1, 8, 9)), rechunk(ids, (1, 8, 9))
-    # float input: float output, truncated in float64 (the default), NaN gaps
-    ref = estarfm(ds, fine="fine", coarse="coarse", half_window=4).fine.values
+    # float input: float output (truncated by preset "zhu"; "auto" keeps the decimals), NaN
+    # gaps; integer input: truncated integer output with the fill value
+    ref = estarfm(ds, fine="fine", coarse="coarse", half_window=4, preset="zhu").fine.values
     np.testing.assert_array_equal(ref, np.trunc(ref))
     out = estarfm(ids, fine="fine", coarse="coarse", half_window=4)
     assert out.fine.dtype == np.int16 and out.fine.attrs["nodata"] == -9999
@@ -274,7 +279,8 @@ def test_integer_io_with_fill(rng, backend):
     # an explicit fill overrides the declared nodata for the output (and, as in Zhu's programs,
     # is the value the gaps take in the similarity threshold)
     out = estarfm(ids, fine="fine", coarse="coarse", half_window=4, fill=-32768)
-    ref = estarfm(ds, fine="fine", coarse="coarse", half_window=4, fill=-32768).fine.values
+    ref = estarfm(ds, fine="fine", coarse="coarse", half_window=4, fill=-32768,
+                  preset="zhu").fine.values  # fmt: skip
     np.testing.assert_array_equal(out.fine.values, np.where(np.isnan(ref), -32768, ref))
     assert not np.array_equal(out.fine.values, np.where(want == -9999, -32768, want))
 
@@ -508,9 +514,9 @@ def test_auto_preset_on_0_1_reflectance_is_the_reflectance_preset(rng, chunks):
     np.testing.assert_array_equal(prediction(auto), prediction(refl))
     got = prediction(auto)
     assert np.isfinite(got).mean() > 0.5 and np.nanmean(got) > 0.1  # not truncated to 0
-    # the same data x1e4: "auto" is Zhu's preset (truncated)
+    # the same data x1e4: "auto" is Zhu's preset (truncated only for integer outputs)
     big = make_cube(fine, coarse, chunks=chunks)
-    zhu = prediction(estarfm(big, **names(big), half_window=4, preset="zhu"))
+    zhu = prediction(estarfm(big, **names(big), half_window=4, preset="zhu", truncate=False))
     np.testing.assert_array_equal(prediction(estarfm(big, **names(big), half_window=4)), zhu)
 
 

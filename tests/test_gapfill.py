@@ -224,11 +224,14 @@ def test_import_without_torch_and_baselines_work():
         "import sys; sys.modules['torch'] = None\n"
         "import numpy as np, xfusion\n"
         "from xfusion.testing import synthetic_series\n"
+        "from xfusion.methods.gapfill import StoriConfig\n"
         "ds = synthetic_series((6, 6))\n"
         "out = xfusion.gapfill(ds, method='linear')\n"
         "assert np.isfinite(out.ndvi.values).all()\n"
+        "res = xfusion.gapfill(ds, method='stori', config=StoriConfig(rounds=20))\n"
+        "assert np.isfinite(res.ndvi.values).all()  # the default variant needs no torch\n"
         "try:\n"
-        "    xfusion.gapfill(ds, method='stori')\n"
+        "    xfusion.gapfill(ds, method='stori', variant='faithful')\n"
         "except xfusion.errors.MissingOptionalDependency as e:\n"
         "    assert \"pip install 'xfusion[torch]'\" in str(e), e\n"
         "else:\n"
@@ -248,12 +251,26 @@ def test_stori_config_variants_and_overrides():
             faithful.epochs, faithful.lr_step, faithful.patience, faithful.val_fraction,
             faithful.augment, faithful.optical_scaling) == (
         "sar", False, "sample", 19, 250, None, None, 0.0, 0.0, "none")
-    fixed = StoriConfig()
+    fixed = StoriConfig(variant="fixed")
     assert (fixed.decay, fixed.sar_first, fixed.sar_scaling, fixed.patience) == (
         "optical", True, "scene", 10)
     assert fixed.hidden == faithful.hidden == 96 and fixed.consistency == 0.1
+    default = StoriConfig()
+    assert default.variant == "residual" and not default.recurrent
+    assert (default.rounds, default.lr, default.patience, default.val_fraction,
+            default.hidden, default.epochs) == (500, 0.1, 60, 0.2, None, None)
+    # None is a value of its own: no early stopping, a constant learning rate
+    assert StoriConfig(variant="fixed", patience=None).patience is None
+    assert StoriConfig(variant="fixed", lr_step=None).lr_step is None
+    assert StoriConfig(patience=None).patience is None
+    with pytest.raises(InvalidParameterError, match=r"does not use \['hidden'\].*variant='fixed'"):
+        StoriConfig(hidden=8)
+    with pytest.raises(InvalidParameterError, match=r"does not use \['rounds'\]"):
+        StoriConfig(variant="faithful", rounds=8)
+    assert _resolve_config(default, {"variant": "fixed"}) == fixed
+    assert _resolve_config(fixed, {"variant": "residual"}) == default
     # switching the variant keeps explicit choices and re-derives the rest
-    mine = StoriConfig(epochs=3, sar_window=5)
+    mine = StoriConfig(variant="fixed", epochs=3, sar_window=5)
     switched = _resolve_config(mine, {"variant": "faithful", "seed": 4})
     assert (switched.epochs, switched.sar_window, switched.decay, switched.seed) == (
         3, 5, "sar", 4)

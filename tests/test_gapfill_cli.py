@@ -74,8 +74,8 @@ def test_stori_geotiffs_to_zarr_and_saved_weights(series, stack, tmp_path):
     opt, sar = stack
     out = tmp_path / "filled.zarr"
     w = tmp_path / "w.safetensors"
-    args = ["gapfill", *opt, *sar, "--out", str(out), "--param", "hidden=4", "--param",
-            "epochs=1", "--save-weights", str(w)]
+    args = ["gapfill", *opt, *sar, "--out", str(out), "--param", "variant=fixed", "--param",
+            "hidden=4", "--param", "epochs=1", "--save-weights", str(w)]
     assert main(args) == 0
     res = open_zarr(str(out))
     assert {"ndvi", "ndvi_filled", "ndvi_uncertainty"} <= set(res.data_vars)
@@ -115,3 +115,60 @@ def test_usage_and_input_errors(series, stack, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "TimeAxisError" in err and "must share their dates" in err
     assert main(["gapfill", *opt, "--method", "linear", "--out", str(tmp_path / "x.png")]) == 2
+
+
+def test_default_stori_residual_without_torch_options(series, stack, tmp_path):
+    opt, sar = stack
+    out = tmp_path / "default.zarr"
+    assert main(["gapfill", *opt, *sar, "--out", str(out), "--chunks", "4", "--param",
+                 "rounds=20"]) == 0
+    res = open_zarr(str(out))
+    obs = series.ndvi.notnull().values
+    np.testing.assert_array_equal(res.ndvi.values[obs], series.ndvi.values[obs])
+    assert np.isfinite(res.ndvi.values).all()
+
+
+def test_ctrl_c_is_a_clean_exit(stack, tmp_path, capsys, monkeypatch):
+    import xfusion.methods.gapfill as gapfill_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gapfill_module, "gapfill", interrupted)
+    opt, sar = stack
+    assert main(["gapfill", *opt, *sar, "--out", str(tmp_path / "x.zarr")]) == 130
+    err = capsys.readouterr().err
+    assert "xfusion: interrupted (Ctrl-C)" in err
+    assert "Traceback" not in err
+
+
+def test_training_interrupted_exits_130_with_its_reason(stack, tmp_path, capsys, monkeypatch):
+    import xfusion.methods.gapfill as gapfill_module
+    from xfusion.training.progress import TrainingInterrupted
+
+    def interrupted(*args, **kwargs):
+        raise TrainingInterrupted("STORI training was interrupted before its first validation")
+
+    monkeypatch.setattr(gapfill_module, "gapfill", interrupted)
+    opt, sar = stack
+    assert main(["gapfill", *opt, *sar, "--out", str(tmp_path / "x.zarr")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted (Ctrl-C) (STORI training was interrupted before its first" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("text", "expected"), [("none", None), ("7", 7)])
+def test_patience_none_reaches_the_config(stack, tmp_path, monkeypatch, text, expected):
+    import xfusion.methods.gapfill as gapfill_module
+
+    seen = {}
+
+    def capture(ds, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt  # stop here: only the configuration is checked
+
+    monkeypatch.setattr(gapfill_module, "gapfill", capture)
+    opt, sar = stack
+    assert main(["gapfill", *opt, *sar, "--out", str(tmp_path / "x.zarr"), "--param",
+                 f"patience={text}"]) == 130
+    assert seen["config"].patience == expected

@@ -24,7 +24,7 @@ from xfusion.errors import (
 from xfusion.methods.gapfill import StoriConfig, StoriWeights, fit_stori
 from xfusion.models.stori import build_stori, stori_loss, time_gaps_torch
 
-TINY = StoriConfig(hidden=4, epochs=2, batch_size=64)
+TINY = StoriConfig(variant="fixed", hidden=4, epochs=2, batch_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_faithful_variant_and_sar_gaps(scene, filled):
 
 def test_training_reduces_the_loss():
     ds = synthetic_series((16, 16), seed=5)
-    w = fit_stori(ds, config=StoriConfig(hidden=8, epochs=6, batch_size=32, patience=None))
+    w = fit_stori(ds, config=StoriConfig(variant="fixed", hidden=8, epochs=6, batch_size=32, patience=None))
     h = w.history
     assert h[-1]["train_loss"] < h[0]["train_loss"]
     assert w.meta["training"]["n_val"] > 0 and w.meta["training"]["n_train"] > 0
@@ -166,7 +166,7 @@ def test_not_enough_observed_pixels(scene):
     v[::20] = 0.5  # three observations per pixel at most
     sparse["ndvi"] = scene.ndvi.copy(data=v)
     with pytest.raises(NotEnoughDataError, match=r"at least 4 observations of 'ndvi'"):
-        gapfill(sparse, config=StoriConfig(hidden=4, epochs=1, min_observed=4))
+        gapfill(sparse, config=StoriConfig(variant="fixed", hidden=4, epochs=1, min_observed=4))
 
 
 @pytest.mark.gpu

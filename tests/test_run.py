@@ -204,6 +204,32 @@ def test_tiled_run_equals_whole_aoi_for_a_local_method(aoi, tmp_path):
     assert [ln["href"] for ln in col["links"] if ln["rel"] == "item"] == ["b.stac.json"]
 
 
+@pytest.mark.parametrize(("method", "params"), [
+    ("estarfm", {"half_window": 6}),
+    ("fitfc", {"sf_half_window": 6, "n_similar": 10, "preset": "lst"}),
+    ("fsdaf", {"scale_factor": FACTOR, "half_window": 6, "block_cells": 4, "preset": "lst"}),
+])
+def test_jobs_run_the_classic_methods_with_the_registry_halo(aoi, tmp_path, method, params):
+    """ESTARFM, Fit-FC and FSDAF jobs: the runner takes each one's margin from the registry
+    and the tiles hold predictions at the targets between the fine dates."""
+    from xfusion.methods import get
+
+    server, scene = aoi
+    job = _job(server, scene, tmp_path / f"{method}.zarr", method=method, params=params,
+               min_clear=None)  # fmt: skip
+    assert get(method).job_halo(params, resolution=30.0) > 0
+    report = xfusion.run(job, client=False, progress=False)
+    assert report.ok and report.tiles_written == 9, str(report)
+    got = _values(job.store)
+    assert got.shape[1:] == (SIZE, SIZE)
+    # the targets between the pairs, away from the AOI's edge (the synthetic scene ends there:
+    # the margin beyond it holds no data, which Fit-FC's 51 px regression window needs)
+    inner = got[1:-1, 48:-48, 48:-48]
+    assert np.isfinite(inner).mean() > 0.8, np.isfinite(inner).mean()  # clouds at a pair: NaN
+    ok = np.isfinite(got[1:-1])
+    assert np.all((got[1:-1][ok] > 200) & (got[1:-1][ok] < 400))  # kelvin, as the inputs
+
+
 def test_cluster_run_equals_single_process_and_store_is_geo(aoi, client, tmp_path):
     server, scene = aoi
     params = {"preset": "lst", "max_search_distance": 600.0}  # a 41 px window: 21 px margin

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from odc.geo.geobox import GeoBox
 
 import xfusion
 from xfusion.cube import from_geotiffs, from_numpy
-from xfusion.errors import InvalidParameterError
+from xfusion.errors import EmptyPredictionWarning, InvalidParameterError
 from xfusion.methods import _starfm_stats as ST
 from xfusion.methods import starfm as S
 from xfusion.methods._starfm_kernel import starfm_block
@@ -100,9 +101,12 @@ def s600():
         "fine": {"2001-01-01": paths["fine_t1"]},
         "coarse": {"2001-01-01": paths["coarse_t1"], "2001-01-17": paths["coarse_t2"]},
     }
-    cube = from_geotiffs(**spec)
-    out = xfusion.starfm(cube, fine="fine", coarse="coarse")  # the USDA defaults
-    return {"paths": paths, "spec": spec, "ref": ref, "cube": cube, "out": out}
+    cube = from_geotiffs(**spec)  # int16 files: float32 values, int16 encoding
+    fcube = cube.copy()
+    for v in fcube.data_vars:  # the same values as a plain float cube (no integer encoding)
+        fcube[v].encoding = {}
+    out = xfusion.starfm(fcube, fine="fine", coarse="coarse")  # the USDA defaults
+    return {"paths": paths, "spec": spec, "ref": ref, "cube": cube, "fcube": fcube, "out": out}
 
 
 def parity(pred, ref, *, fill_is):
@@ -126,11 +130,30 @@ def test_usda_parity_public_api(s600):
     assert within1 >= 0.999 and exact >= 0.999, (exact, within1)
 
 
+def test_usda_parity_from_integer_geotiffs(s600):
+    """int16 GeoTIFFs through from_geotiffs give int16 output with their fill, as USDA writes."""
+    cube = s600["cube"]
+    assert cube.fine.dtype == np.float32 and cube.fine.encoding["dtype"] == np.int16
+    assert cube.fine.encoding["_FillValue"] == FILL
+    out = xfusion.starfm(cube, fine="fine", coarse="coarse")
+    assert out.fine.dtype == np.int16 and out.fine.attrs["nodata"] == FILL
+    float_pred = s600["out"].fine.values[0]
+    np.testing.assert_array_equal(
+        out.fine.values[0], np.where(np.isnan(float_pred), FILL, float_pred)
+    )
+    # dask input too, and arithmetic on the cube (a float cube) gives floats back
+    lazy = xfusion.starfm(from_geotiffs(**s600["spec"], chunks=256), fine="fine", coarse="coarse")
+    assert lazy.fine.dtype == np.int16
+    np.testing.assert_array_equal(lazy.fine.values, out.fine.values)
+    scaled = xfusion.starfm(cube / 1e4, fine="fine", coarse="coarse", preset="reflectance")
+    assert scaled.fine.dtype == np.float32
+
+
 def test_usda_parity_integer_io(s600):
     """int16 input with nodata -9999 gives int16 output with -9999 fill, as the C program."""
     import rasterio
 
-    cube = s600["cube"].copy()
+    cube = s600["fcube"].copy()
     for name, key, t in (("fine", "fine_t1", 0), ("coarse", "coarse_t1", 0)):
         with rasterio.open(s600["paths"][key]) as src:
             raw = np.full((2, 600, 600), FILL, np.int16)
@@ -149,6 +172,8 @@ def test_usda_parity_integer_io(s600):
 
 def test_synthetic600_dask_ragged_chunks_bit_identical(s600):
     cube = from_geotiffs(**s600["spec"], chunks=(170, 233))
+    for v in cube.data_vars:
+        cube[v].encoding = {}
     with raise_if_dask_computes():
         lazy = xfusion.starfm(cube, fine="fine", coarse="coarse")
     assert lazy.fine.data.chunks[1:] == ((170, 170, 170, 90), (233, 233, 134))
@@ -172,7 +197,8 @@ def test_cli_parity_and_two_pairs(s600, tmp_path):
     assert main(argv) == 0
     with rasterio.open(out) as src:
         got = src.read(1)
-    exact, within1, same_fill = parity(got, s600["ref"], fill_is=np.isnan)
+        assert src.dtypes[0] == "int16" and src.nodata == FILL  # as the USDA program writes
+    exact, within1, same_fill = parity(got, s600["ref"], fill_is=lambda a: a == FILL)
     assert same_fill and within1 >= 0.999 and exact >= 0.999
 
     # two --fine dates around the target: both pairs are used (two-pair mode)
@@ -332,7 +358,7 @@ def test_constant_fine_image_warns_and_gives_nan(backend):
     ds = class_cube(L, L + 5, L + 9)
     if backend == "dask":
         ds = rechunk_cube(ds, (1, 5, 5))
-    with pytest.warns(RuntimeWarning, match=r"is \(nearly\) constant.*threshold.*is 0"):
+    with pytest.warns(EmptyPredictionWarning, match=r"is \(nearly\) constant.*threshold.*is 0"):
         out = xfusion.starfm(ds, fine="fine", coarse="coarse", max_search_distance=60).compute()
     assert np.isnan(out.fine.values).all()
 
@@ -428,7 +454,7 @@ def test_all_nan_pair_image_warns(backend):
                     observed={"fine": [True, False], "coarse": [True, True]})  # fmt: skip
     if backend == "dask":
         ds = rechunk_cube(ds, (1, 4, 4))
-    with pytest.warns(RuntimeWarning, match=r"\('fine' at 2020-01-01\) has no pixel strictly inside"):
+    with pytest.warns(EmptyPredictionWarning, match=r"\('fine' at 2020-01-01\) has no pixel strictly inside"):
         out = xfusion.starfm(ds, fine="fine", coarse="coarse", max_search_distance=60).compute()
     assert np.isnan(out.fine.values).all()
 
@@ -458,6 +484,50 @@ def test_lazy_keys_and_names(rng):
     eager = xfusion.starfm(small_cube(np.random.default_rng(1234)), fine="fine", coarse="coarse",
                            max_search_distance=150, diagnostics=True)  # fmt: skip
     assert list(eager.data_vars) == list(out.data_vars)
+
+
+def _held_peak_and_order(lazy, store):
+    """Peak bytes held by the scheduler while streaming ``lazy`` to Zarr, and the task order."""
+    from dask.callbacks import Callback
+
+    from xfusion.io import to_zarr
+
+    peak, order = [0], []
+
+    class Held(Callback):
+        def _pretask(self, key, dsk, state):
+            order.append(str(key[0] if isinstance(key, tuple) else key))
+
+        def _posttask(self, key, result, dsk, state, worker_id):
+            held = sum(getattr(v, "nbytes", 0) for v in state["cache"].values())
+            peak[0] = max(peak[0], held)
+
+    with Held(), dask.config.set(scheduler="sync"):
+        to_zarr(lazy, store, progress=False)
+    return peak[0], order
+
+
+def test_streaming_memory_does_not_hold_the_image(rng, tmp_path):
+    """The global threshold must not make the scheduler hold the image: the predictions read
+    their inputs again after it (the statistics pass keeps no chunk), and the input blocks of a
+    row wait for the predictions two rows above (no read-ahead)."""
+    from xfusion.io import open_zarr, to_zarr
+
+    ds = small_cube(rng, shape=(2, 480, 120), fine_obs=(True, False), holes=False)
+    to_zarr(ds.chunk({"time": 1, "y": 40, "x": 40}), tmp_path / "in.zarr", progress=False)
+    cube = open_zarr(tmp_path / "in.zarr")
+    kw = {"fine": "fine", "coarse": "coarse", "max_search_distance": 150}
+    lazy = xfusion.starfm(cube, **kw)
+    peak, order = _held_peak_and_order(lazy, tmp_path / "out.zarr")
+    inputs = 3 * 480 * 120 * 4  # L1, M1, M2 in float32
+    assert peak < 0.45 * inputs, peak / inputs  # 0.6-0.75 before (12 rows of 3 blocks)
+    # every input block of the predictions is read after the threshold
+    thr_at = max(i for i, k in enumerate(order) if k.startswith("xfusion.starfm-threshold-"))
+    reads = [i for i, k in enumerate(order) if k.startswith("xfusion.starfm-inputs-")]
+    assert len(reads) == 12 * 3 and min(reads) > thr_at
+    # and the result is the eager one
+    xr.testing.assert_identical(open_zarr(tmp_path / "out.zarr").fine.load(),
+                                xfusion.starfm(ds, **kw).fine)  # fmt: skip
 
 
 def test_accessor_is_the_function(rng):
@@ -530,14 +600,191 @@ def test_docstring_examples_run():
 
 
 def test_presets_and_overrides():
-    usda = S._resolve_params(None, {})
-    assert usda == S.STARFM_PRESETS["usda"] and usda.mode == "reference"
+    auto = S._resolve_params(None, {})
+    assert auto == S.STARFM_PRESETS["auto"] and auto.auto_unit and auto.mode == "reference"
+    assert S._resolve_params(None, {"data_range": (0, 1)}).auto_unit is False
+    usda = S._resolve_params("usda", {})
+    assert usda == dataclasses.replace(auto, auto_unit=False)
     lst = S._resolve_params("lst", {"uncertainty_fine": 0.7})
     assert lst.mode == "float" and lst.uncertainty_fine == 0.7 and lst.uncertainty_coarse == 0.5
     refl = S._resolve_params("reflectance", {"mode": "reference", "data_range": [0, 2]})
     assert refl.mode == "reference" and refl.data_range == (0.0, 2.0)
     assert dask.base.tokenize(lst) == dask.base.tokenize(S._resolve_params("lst", {
         "uncertainty_fine": 0.7}))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# presets are the same physics at another scale
+
+
+def _unit_cube(rng, preset, *, quantised, shape=(3, 40, 44)):
+    """Classes with change in the preset's unit (quantised in steps of distance_offset)."""
+    p = S.STARFM_PRESETS[preset]
+    lo, hi = p.data_range
+    unit = (p.uncertainty_fine + p.uncertainty_coarse) / 2  # ~ one uncertainty
+    nt, ny, nx = shape
+    centre = lo + (hi - lo) * rng.choice([0.2, 0.35, 0.5, 0.7], size=(ny, nx))
+    fine = centre[None] + unit * (1.5 * np.arange(nt)[:, None, None] + rng.uniform(0, 1.2, shape))
+    coarse = fine + unit * rng.uniform(-3, 3, shape)
+    if quantised:
+        off = p.distance_offset
+        fine, coarse = np.round(fine / off) * off, np.round(coarse / off) * off
+    fine[1] = np.nan  # the target date (nearest pair before: 0; bracket: 0 and 2)
+    fine[0][rng.random((ny, nx)) < 0.03] = np.nan
+    return from_numpy({"fine": fine.astype("float64"), "coarse": coarse.astype("float64")},
+                      geobox=gbox(ny, nx), times=TIMES[:nt],
+                      observed={"fine": [True, False, True], "coarse": [True] * nt})  # fmt: skip
+
+
+def _usda_units(preset, scale):
+    """The preset's parameters in units scale times smaller, float mode, no fill value."""
+    p = S.STARFM_PRESETS[preset]
+    return {"preset": "usda", "mode": "float", "fill": None,
+            "max_search_distance": p.max_search_distance, "num_slice": p.num_slice,
+            "uncertainty_fine": p.uncertainty_fine * scale,
+            "uncertainty_coarse": p.uncertainty_coarse * scale,
+            "data_range": tuple(x * scale for x in p.data_range),
+            "distance_offset": p.distance_offset * scale}  # fmt: skip
+
+
+def _agree(a, b, *, tol):
+    """Fraction of pixels within tol, and whether the NaN patterns coincide."""
+    same_nan = np.array_equal(np.isnan(a), np.isnan(b))
+    ok = ~np.isnan(a) & ~np.isnan(b)
+    return float((np.abs(a[ok] - b[ok]) <= tol).mean()), same_nan
+
+
+@pytest.mark.parametrize("preset", sorted(S.STARFM_PRESETS))
+@pytest.mark.parametrize("pairs", ["nearest", "bracket"])
+@pytest.mark.parametrize("quantised", [True, False])
+def test_every_preset_equals_usda_on_the_data_rescaled(rng, preset, pairs, quantised):
+    """preset(data) x s == usda(data x s) with every unit-bearing parameter x s, in float mode,
+    where s makes the preset's distance_offset USDA's 1 (1e4 for reflectance, 100 for LST)."""
+    ds = _unit_cube(rng, preset, quantised=quantised)
+    p = S.STARFM_PRESETS[preset]
+    scale = 1.0 / p.distance_offset
+    kw = {"fine": "fine", "coarse": "coarse", "pairs": pairs, "diagnostics": True}
+    got = xfusion.starfm(ds, **kw, preset=preset, mode="float")
+    want = xfusion.starfm(ds * scale, **kw, **_usda_units(preset, scale))
+    g, w = got.fine.values * scale, want.fine.values
+    within1, same_nan = _agree(g, w, tol=1.0)
+    assert same_nan and within1 >= 0.999, (within1, same_nan)
+    assert np.isfinite(w).mean() > 0.9
+    # the weights change with the unit exactly like 1 / t_dis (1 / t_dis**2 with two pairs)
+    k = 2 if pairs == "bracket" else 1
+    n_got, n_want = got.fine_n_candidates.values, want.fine_n_candidates.values
+    same = n_got == n_want
+    if quantised:  # every test decided alike; continuous data may flip a rare near-tie
+        assert same.all()
+    assert same.mean() >= 0.99
+    np.testing.assert_allclose(got.fine_weight_sum.values[same] / scale**k,
+                               want.fine_weight_sum.values[same], rtol=2e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_default_preset_finds_the_unit_per_variable(rng, lazy):
+    """preset "auto" (the default): x1e4 data get "usda" exactly, 0..1 data "reflectance"
+    (before: the usda default left 0..1 reflectance all NaN); one decision per variable."""
+    ds = _unit_cube(rng, "usda", quantised=True)
+    f, c = ds.fine.values, ds.coarse.values
+    both = from_numpy({"fine": f, "coarse": c, "refl": f / 1e4, "refl_c": c / 1e4},
+                      geobox=gbox(*f.shape[1:]), times=TIMES[:3],
+                      observed={"fine": [True, False, True], "coarse": [True] * 3,
+                                "refl": [True, False, True], "refl_c": [True] * 3})  # fmt: skip
+    if lazy:
+        both = both.chunk({"y": 17, "x": 23})
+    kw = {"fine": ["fine", "refl"], "coarse": ["coarse", "refl_c"]}
+    got = xfusion.starfm(both, **kw)
+    usda = xfusion.starfm(ds, fine="fine", coarse="coarse", preset="usda")
+    refl = xfusion.starfm(ds / 1e4, fine="fine", coarse="coarse", preset="reflectance")
+    np.testing.assert_array_equal(got.fine.values, usda.fine.values)
+    np.testing.assert_array_equal(got.refl.values, refl.fine.values)
+    assert np.isfinite(got.refl.values).mean() > 0.9
+    # the same as usda in float mode on the data x 1e4, within 1 DN
+    flt = xfusion.starfm(ds, fine="fine", coarse="coarse", preset="usda", mode="float")
+    within1, same_nan = _agree(got.refl.values * 1e4, flt.fine.values, tol=1.0)
+    assert same_nan and within1 >= 0.999
+    # a unit-bearing parameter turns the detection off (the usda range on 0..1 data: NaN)
+    with pytest.warns(EmptyPredictionWarning, match="constant|data_range"):
+        off = xfusion.starfm(ds / 1e4, fine="fine", coarse="coarse", uncertainty_fine=50.0)
+    assert np.isnan(off.fine.values).all()
+
+
+def test_reflectance_preset_equals_usda_float_on_synthetic600(s600):
+    """The issue's case: synthetic600 / 1e4 with "reflectance" is USDA float mode x 1e-4."""
+    usda = xfusion.starfm(s600["fcube"], fine="fine", coarse="coarse", mode="float")
+    refl = xfusion.starfm(s600["fcube"] / 1e4, fine="fine", coarse="coarse",
+                          preset="reflectance")  # fmt: skip
+    u, r = usda.fine.values[0], refl.fine.values[0] * 1e4
+    within1, same_nan = _agree(r, u, tol=1.0)
+    assert same_nan and within1 >= 0.999, within1
+    # the same accuracy against the truth (before the fix: RMSE 419.5 against 327.0)
+    import rasterio
+
+    with rasterio.open(s600["paths"]["fine_t2_truth"]) as src:
+        truth = src.read(1).astype(np.float64)
+    rmse = [np.sqrt(np.nanmean((p - truth) ** 2)) for p in (u, r)]
+    assert rmse[1] == pytest.approx(rmse[0], rel=1e-3)
+
+
+@pytest.fixture
+def seen_threads(monkeypatch):
+    """The threads= each numba kernel call receives (and the call still runs)."""
+    from xfusion.methods import _starfm_kernel as K
+
+    seen, real = [], K.starfm_block
+
+    def spy(*args, threads=None, **kw):
+        seen.append(threads)
+        return real(*args, threads=threads, **kw)
+
+    monkeypatch.setattr(K, "starfm_block", spy)
+    monkeypatch.delenv("XFUSION_KERNEL_THREADS", raising=False)
+    return seen
+
+
+def test_kernel_threads_are_public(rng, seen_threads, monkeypatch):
+    ds = small_cube(rng)
+    kw = {"fine": "fine", "coarse": "coarse", "max_search_distance": 150, "device": "cpu"}
+    base = xfusion.starfm(ds, **kw, threads=1)
+    assert seen_threads == [1, 1]  # two targets, one band: numpy calls the kernel per target
+    seen_threads.clear()
+    xr.testing.assert_identical(xfusion.starfm(ds, **kw, threads=3), base)
+    assert seen_threads == [3, 3]
+    # dask: the budget is shared by the blocks (2 targets x 4 blocks = 8 tasks)
+    seen_threads.clear()
+    lazy = xfusion.starfm(rechunk_cube(ds, (1, 15, 17)), **kw, threads=16).compute()
+    xr.testing.assert_identical(lazy, base)
+    assert seen_threads and set(seen_threads) == {2}
+    # the environment variable, and the dask config key (it wins over the variable)
+    seen_threads.clear()
+    monkeypatch.setenv("XFUSION_KERNEL_THREADS", "2")
+    xfusion.starfm(ds, **kw)
+    assert seen_threads == [2, 2]
+    seen_threads.clear()
+    with dask.config.set({"xfusion.kernel-threads": 5}):
+        xfusion.starfm(ds, **kw)
+    assert seen_threads == [5, 5]
+    seen_threads.clear()
+    xfusion.starfm(ds, **kw, threads=4)  # the argument wins over both
+    assert seen_threads == [4, 4]
+
+
+@pytest.mark.parametrize(("setting", "match"), [
+    ({"threads": 0}, r"threads must be a positive integer.*got 0"),
+    ({"threads": 2.5}, r"threads must be a positive integer.*got 2\.5"),
+    ({"env": "many"}, r"environment variable XFUSION_KERNEL_THREADS must be a positive.*'many'"),
+    ({"config": -1}, r"dask config value 'xfusion.kernel-threads' must be a positive.*-1"),
+])  # fmt: skip
+def test_bad_thread_settings_are_clear_errors(rng, monkeypatch, setting, match):
+    ds = small_cube(rng, shape=(2, 12, 13), fine_obs=(True, False))
+    monkeypatch.delenv("XFUSION_KERNEL_THREADS", raising=False)
+    if "env" in setting:
+        monkeypatch.setenv("XFUSION_KERNEL_THREADS", setting["env"])
+    cfg = {"xfusion.kernel-threads": setting["config"]} if "config" in setting else {}
+    with dask.config.set(cfg), pytest.raises(InvalidParameterError, match=match):
+        xfusion.starfm(ds, fine="fine", coarse="coarse", max_search_distance=90,
+                       threads=setting.get("threads"))  # fmt: skip
 
 
 def test_device_cuda_without_gpu_is_a_clear_error(rng):
@@ -627,3 +874,15 @@ def test_import_does_not_compile_or_import_torch():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert S._torch_device("cpu") is None
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_fine_and_coarse_in_different_units_is_an_error(rng, lazy):
+    """Fine reflectance x1e4 with 0..1 coarse reflectance: the coarse change would be 1e4
+    times too small and the prediction the fine image, silently. It is an error naming both."""
+    ds = _unit_cube(rng, "usda", quantised=True)
+    mixed = ds.assign(coarse=ds.coarse / 1e4)
+    if lazy:
+        mixed = mixed.chunk({"y": 20, "x": 22})
+    with pytest.raises(InvalidParameterError, match=r"'fine'.*'coarse'.*different units"):
+        xfusion.starfm(mixed, fine="fine", coarse="coarse").compute()

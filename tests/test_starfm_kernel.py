@@ -81,7 +81,23 @@ def brute_starfm(
     s_comb = math.sqrt(s_msr**2 + s_lsr**2)
     if reference:
         s_comb = int(s_comb)
-    thr = [T(x) for x in np.broadcast_to(thresholds, (npairs,))]
+    k = 2 if temporal else 1
+    thr = [float(x) for x in np.broadcast_to(thresholds, (npairs,))]
+    unit_lim = s_comb * off ** (k - 1)  # the "perfect" candidate: weight 1 / off**k below it
+    if not reference:
+        # float mode: every limit halfway between two steps of off (off**k for t_dis), on the
+        # side that keeps the exact answer for data quantised in steps of off
+        def up(x, q):  # (ceil(x / q) - 1/2) q, for "value < x"
+            n = math.ceil(x / q - 1e-7 * max(1.0, abs(x / q)))
+            return max(0.0, (n - 0.5) * q)
+
+        def down(x, q):  # (floor(x / q) + 1/2) q, for "value <= centre + x"
+            return (math.floor(x / q + 1e-7 * max(1.0, abs(x / q))) + 0.5) * q
+
+        s_lsr, s_msr = down(s_lsr, off), down(s_msr, off)
+        thr = [up(x, off) for x in thr]
+        unit_lim = up(unit_lim, off**k)
+    thr = [T(x) for x in thr]
 
     def ok(v):
         if not np.isfinite(v):
@@ -125,8 +141,8 @@ def brute_starfm(
                                 t_dis = (r_msr + T(off)) * (r_lsr + T(off))
                             else:
                                 t_dis = r_lsr + T(off)
-                            if t_dis < T(s_comb):
-                                w = T(1)
+                            if t_dis < T(unit_lim):
+                                w = T(1.0 / off**k)
                                 branches["unit"] += 1
                             else:
                                 branches["weighted"] += 1
@@ -179,6 +195,8 @@ CASES = [
     (9, 1, True, (4, 4, 4, 4)),
     ((3, 1), 2, True, (3, 1, 3, 1)),  # explicit reach, e.g. the literal C formula for win = 7
     ((0, 5), 1, False, (0, 0, 0, 0)),
+    (30, 1, True, (0, 0, 0, 0)),  # windows larger than the image: clipped to it (USDA)
+    (25, 2, False, (0, 0, 0, 0)),
 ]
 
 
@@ -209,6 +227,10 @@ def test_kernel_equals_brute_force_options(dtype):
     """Non-default options: dtype, temporal distance with one pair, +off, A, uncertainties."""
     rng = np.random.default_rng(7)
     L, M1, M2 = random_block(rng, (13, 10), 1, integer=False)
+    # small residuals on part of the block, so that some t_dis fall below the unit limit
+    close = rng.random(M2.shape) < 0.4
+    M1[0] = np.where(close, L[0] + rng.uniform(-3, 3, M2.shape), M1[0])
+    M2 = np.where(close, M1[0] + rng.uniform(-3, 3, M2.shape), M2)
     kw = {"window": 6, "thresholds": 52.5, "reference": False, "dtype": dtype}
     opts = {
         "temporal": True,
@@ -228,6 +250,32 @@ def test_kernel_equals_brute_force_options(dtype):
     np.testing.assert_array_equal(got.prediction, want)
     np.testing.assert_array_equal(got.n_candidates, count)
     assert got.prediction.dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("npairs", [1, 2])
+def test_float_mode_decides_integer_data_as_reference_mode(npairs):
+    """Float mode's limits sit half a step of distance_offset off the exact ones: on integer
+    data (steps of 1) every test is decided as in reference mode. With uncertainties whose
+    combinations need no integer truncation (u_coarse = 0: sigma_lsr = sigma_comb = u_fine,
+    sigma_msr = 0) the two modes then keep the same candidates with the same weights."""
+    rng = np.random.default_rng(11 + npairs)
+    L, M1, M2 = random_block(rng, (19, 21), npairs, integer=True)
+    kw = {"window": 7, "thresholds": [47.0, 52.0][:npairs], "fine_uncertainty": 60.0,
+          "coarse_uncertainty": 0.0, "threads": 1, "diagnostics": True}  # fmt: skip
+    ref = starfm_block(L, M1, M2, **kw, reference=True)
+    flt = starfm_block(L, M1, M2, **kw, reference=False)
+    np.testing.assert_array_equal(flt.n_candidates, ref.n_candidates)
+    np.testing.assert_array_equal(flt.weight_sum, ref.weight_sum)
+    ok = ref.prediction != FILL
+    assert ok.mean() > 0.5
+    np.testing.assert_array_equal(np.floor(flt.prediction[ok] + 0.5), ref.prediction[ok])
+    # and the same data / 1e4 with every unit-bearing parameter / 1e4 decides alike in float mode
+    s = 1e-4
+    small = starfm_block(L * s, M1 * s, M2 * s, **{**kw, "thresholds": [47 * s, 52 * s][:npairs],
+                         "fine_uncertainty": 60 * s}, distance_offset=s, reference=False,
+                         data_range=(0.0, 1.0))  # fmt: skip
+    np.testing.assert_array_equal(small.n_candidates, flt.n_candidates)
+    np.testing.assert_allclose(small.prediction / s, flt.prediction, rtol=1e-4)  # float32 sums
 
 
 def test_threads_equal_serial(rng):

@@ -25,6 +25,7 @@ from xfusion.methods.composite import (
 from xfusion.methods.dms import dms
 from xfusion.methods.estarfm import estarfm
 from xfusion.methods.fitfc import fitfc
+from xfusion.methods.fsdaf import fsdaf
 from xfusion.methods.gapfill import gapfill
 from xfusion.methods.harmonize import harmonize, train_harmonizer
 from xfusion.methods.starfm import starfm
@@ -57,6 +58,7 @@ __all__ = [
     "errors",
     "estarfm",
     "fitfc",
+    "fsdaf",
     "from_geotiffs",
     "from_numpy",
     "gapfill",

@@ -20,6 +20,7 @@ from xfusion.methods.composite import composite
 from xfusion.methods.dms import dms
 from xfusion.methods.estarfm import estarfm
 from xfusion.methods.fitfc import fitfc
+from xfusion.methods.fsdaf import fsdaf
 from xfusion.methods.gapfill import gapfill
 from xfusion.methods.harmonize import harmonize
 from xfusion.methods.starfm import starfm
@@ -58,6 +59,7 @@ class FusionDatasetAccessor(_FusionBase):
     starfm = _delegate(starfm)
     estarfm = _delegate(estarfm)
     fitfc = _delegate(fitfc)
+    fsdaf = _delegate(fsdaf)
     sttfn = _delegate(sttfn)
     super_resolve = _delegate(super_resolve)
     dms = _delegate(dms)

@@ -916,7 +916,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success, 2 on usage errors, 1 when the inputs are rejected while running.
+        0 on success, 2 on usage errors, 1 when the inputs are rejected while running, 130
+        when interrupted (Ctrl-C).
     """
     parser = build_parser()
     try:
@@ -933,13 +934,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.subparser.print_usage(sys.stderr)
         print(f"{args.subparser.prog}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # TrainingInterrupted (an XFusionError) too
+        detail = f" ({err})" if isinstance(err, XFusionError) and str(err) else ""
+        print(f"xfusion: interrupted (Ctrl-C){detail}; an output store resumes when the same "
+              "command runs again", file=sys.stderr)
+        return 130
     except XFusionError as err:
         print(f"xfusion: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("xfusion: interrupted (Ctrl-C); an output store resumes when the same command "
-              "runs again", file=sys.stderr)
-        return 130
     except OSError as err:  # a file the command reads or writes (outside xfusion's wrappers)
         where = f" {err.filename!r}" if getattr(err, "filename", None) else ""
         print(f"xfusion: error: {type(err).__name__}{where}: {err.strerror or err}",

@@ -255,13 +255,14 @@ def _open(meta: _RasterMeta, chunks: tuple[int, int] | None) -> xr.DataArray:
         if chunks is None:
             da_ = rioxarray.open_rasterio(meta.path, masked=False, mask_and_scale=False)
             return da_.load()
-        return rioxarray.open_rasterio(
+        from xfusion.cube.raster import open_guarded
+
+        return open_guarded(
             meta.path,
+            chunks={"band": 1, "y": chunks[0], "x": chunks[1]},
+            what=f"{meta.role} GeoTIFF for {_fmt_date(meta.date)}",
             masked=False,
             mask_and_scale=False,
-            chunks={"band": 1, "y": chunks[0], "x": chunks[1]},
-            lock=False,
-            cache=False,
         )
     except OSError as err:
         raise RasterReadError(
@@ -329,11 +330,41 @@ def _grid_coords(gbox: Any, times: np.ndarray | None) -> dict[Hashable, Any]:
     return coords
 
 
-def _variable(data: Any, gbox: Any, *, time: bool, attrs: Mapping[str, Any]) -> xr.Variable:
+def _variable(data: Any, gbox: Any, *, time: bool, attrs: Mapping[str, Any],
+              encoding: Mapping[str, Any] | None = None) -> xr.Variable:  # fmt: skip
     dims = (TIME, *gbox.dims) if time else tuple(gbox.dims)
     var = xr.Variable(dims, data, attrs=dict(attrs))
+    var.encoding.update(encoding or {})
     var.encoding["grid_mapping"] = "spatial_ref"
     return var
+
+
+def _integer_encoding(metas: list[_RasterMeta], gbox: Any, nodata: Any) -> dict[str, Any]:
+    """``{"dtype", "_FillValue"}`` of integer files read as they are, else ``{}``.
+
+    Like xarray's CF decoding (and ``rioxarray.open_rasterio(masked=True)``), the values become
+    float32 with NaN gaps and the encoding records how the files stored them, so that writers
+    and methods whose output follows the input (``starfm``) can give the integers back. Only
+    when every file of the role has one integer dtype and one nodata value that dtype holds,
+    no scale/offset, and sits on the cube's grid (resampled values are no longer integers).
+    """
+    dtypes = {m.dtype for m in metas}
+    fills = {m.nodata if nodata is None else nodata for m in metas}
+    if len(dtypes) != 1 or len(fills) != 1:
+        return {}
+    dtype, fill = dtypes.pop(), fills.pop()
+    if not np.issubdtype(dtype, np.integer) or fill is None:
+        return {}
+    info = np.iinfo(dtype)
+    fill = float(fill)
+    if not (np.isfinite(fill) and fill.is_integer() and info.min <= fill <= info.max):
+        return {}
+    for m in metas:
+        if any(s != 1 for s in m.scales) or any(o != 0 for o in m.offsets):
+            return {}
+        if not _same_geobox(m.geobox, gbox):
+            return {}
+    return {"dtype": np.dtype(dtype), "_FillValue": dtype.type(fill)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,7 +421,14 @@ def from_geotiffs(
         (``y, x``, or ``latitude, longitude`` for a geographic CRS); a ``spatial_ref``
         coordinate; float32 variables, NaN where unobserved and at dates without a file; a
         boolean coordinate ``observed_<var>`` along ``time`` per dated variable, True where a
-        file was given for that date.
+        file was given for that date. Variables read from integer files with a nodata value
+        (on the fine grid, no scale/offset) keep how they were stored in their ``encoding``
+        (``{"dtype": int16, "_FillValue": -9999}``, as xarray's CF decoding does): methods
+        whose output follows the input's dtype (:func:`xfusion.starfm`) give such integers
+        back, and :func:`xfusion.io.to_zarr` stores them so.
+
+        .. versionchanged:: 0.1
+           The ``encoding`` of integer files.
 
     Raises
     ------
@@ -522,16 +560,17 @@ def from_geotiffs(
             for b, arr in enumerate(_read_on_grid(m, gbox, chunk_yx, resampling, nodata)):
                 per_band[b][m.date] = arr
         descs = metas[0].descriptions
+        enc = _integer_encoding(metas, gbox, nodata)
         for b, vname in enumerate(names):
             attrs = {"long_name": descs[b]} if len(names) > 1 and descs[b] else {}
             if static:
                 data = per_band[b][metas[0].date]
                 if chunk_yx is not None:
                     data = data.rechunk(chunk_yx)
-                variables[vname] = _variable(data, gbox, time=False, attrs=attrs)
+                variables[vname] = _variable(data, gbox, time=False, attrs=attrs, encoding=enc)
             else:
                 data = _stack_time(per_band[b], times, tuple(gbox.shape), chunk_yx)
-                variables[vname] = _variable(data, gbox, time=True, attrs=attrs)
+                variables[vname] = _variable(data, gbox, time=True, attrs=attrs, encoding=enc)
                 observed = np.isin(times, np.array([m.date for m in metas], "datetime64[ns]"))
                 coords[f"observed_{vname}"] = (TIME, observed)
 

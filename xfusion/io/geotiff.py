@@ -1,7 +1,8 @@
-"""GeoTIFF input and output of the command line: method results as float32 GeoTIFFs.
+"""GeoTIFF input and output of the command line: method results as GeoTIFFs.
 
-* :func:`write_geotiff`: a fusion/gap-filling result Dataset as one float32 GeoTIFF, one band
-  per (target, variable), NaN nodata, written chunk by chunk from Dask;
+* :func:`write_geotiff`: a fusion/gap-filling result Dataset as one GeoTIFF, one band per
+  (target, variable): float32 with NaN nodata, or the results' integer dtype and fill when
+  they are all integers with one fill; written chunk by chunk from Dask;
 * :func:`write_bands`: a super-resolution result (one band per variable, or per date and
   variable);
 * :func:`read_geotiff` / :func:`bands_dataset`: a (multi-band) GeoTIFF opened lazily, and as a
@@ -23,11 +24,38 @@ from xfusion.cube.validate import get_geobox, spatial_dims
 __all__ = ["bands_dataset", "read_geotiff", "write_bands", "write_geotiff"]
 
 
+def _integer_layout(out: Any, names: Sequence[Any]) -> tuple[np.dtype, Any] | None:
+    """``(dtype, fill)`` when every variable is integer with one dtype and one nodata value."""
+    from xfusion.cube.validate import get_nodata
+
+    dtypes = {np.dtype(out[n].dtype) for n in names}
+    fills = {get_nodata(out[n]) for n in names}
+    if len(dtypes) != 1 or len(fills) != 1:
+        return None
+    dtype, fill = dtypes.pop(), fills.pop()
+    if not np.issubdtype(dtype, np.integer) or fill is None:
+        return None
+    return dtype, dtype.type(fill)
+
+
+def _as_float32(var: xr.DataArray) -> xr.DataArray:
+    """float32 with NaN where an integer variable holds its nodata value."""
+    from xfusion.cube.validate import get_nodata
+
+    fill = get_nodata(var) if np.issubdtype(var.dtype, np.integer) else None
+    out = var.astype(np.float32)
+    return out if fill is None else out.where(var != fill)
+
+
 def write_geotiff(out: Any, path: str) -> None:
-    """Write a method's result Dataset as one float32 GeoTIFF, one band per (target, variable).
+    """Write a method's result Dataset as one GeoTIFF, one band per (target, variable).
 
     Bands are ordered target-major; descriptions are ``YYYY-MM-DD`` (one variable) or
-    ``YYYY-MM-DD/<variable>``. NaN is the nodata value. Dask inputs are written chunk by chunk.
+    ``YYYY-MM-DD/<variable>``. When every variable is integer with one dtype and one nodata
+    value (``attrs["nodata"]``, e.g. STARFM on int16 inputs), the file has that dtype and
+    nodata value, as the USDA STARFM program writes it; otherwise it is float32 with NaN as
+    the nodata value (integer nodata pixels become NaN). Dask inputs are written chunk by
+    chunk.
     """
     import dask
     import rioxarray  # noqa: F401  (registers .rio)
@@ -35,11 +63,13 @@ def write_geotiff(out: Any, path: str) -> None:
     ydim, xdim = spatial_dims(out, name="result")
     gbox = get_geobox(out, name="result")
     names = list(out.data_vars)
+    layout = _integer_layout(out, names)
     dates = [str(np.datetime64(t, "D")) for t in out.indexes["time"].values]
     layers, descriptions = [], []
     for k, date in enumerate(dates):
         for n in names:
-            layers.append(out[n].isel(time=k).transpose(ydim, xdim).astype(np.float32).data)
+            var = out[n].isel(time=k).transpose(ydim, xdim)
+            layers.append(var.data if layout is not None else _as_float32(var).data)
             descriptions.append(date if len(names) == 1 else f"{date}/{n}")
     if any(dask.is_dask_collection(a) for a in layers):
         import dask.array as da
@@ -56,12 +86,13 @@ def write_geotiff(out: Any, path: str) -> None:
     arr = arr.rio.set_spatial_dims(x_dim=xdim, y_dim=ydim, inplace=False)
     arr = arr.rio.write_crs(gbox.crs.to_wkt(), inplace=False)
     arr = arr.rio.write_transform(gbox.affine, inplace=False)
-    arr = arr.rio.write_nodata(np.nan, encoded=False, inplace=False)
+    dtype, fill = layout if layout is not None else (np.dtype(np.float32), np.nan)
+    arr = arr.rio.write_nodata(fill, encoded=False, inplace=False)
     lock = threading.Lock() if dask.is_dask_collection(data) else None
-    _to_raster(arr, path, lock=lock)
+    _to_raster(arr, path, lock=lock, dtype=dtype.name)
 
 
-def _to_raster(arr: xr.DataArray, path: str, *, lock: Any) -> None:
+def _to_raster(arr: xr.DataArray, path: str, *, lock: Any, dtype: str = "float32") -> None:
     """``rio.to_raster`` with write failures as :class:`OutputWriteError` naming the file
     (read failures of lazy inputs surface as the readers' own xfusion errors)."""
     import rasterio.errors
@@ -79,7 +110,7 @@ def _to_raster(arr: xr.DataArray, path: str, *, lock: Any) -> None:
             "output path."
         )
     try:
-        arr.rio.to_raster(path, dtype="float32", tiled=True, lock=lock, compute=True)
+        arr.rio.to_raster(path, dtype=dtype, tiled=True, lock=lock, compute=True)
     except XFusionError:
         raise
     except (OSError, rasterio.errors.RasterioError) as err:
@@ -119,13 +150,14 @@ def write_bands(out: xr.DataArray | xr.Dataset, path: str) -> None:
 
 
 def read_geotiff(path: str, *, chunks: int, role: str) -> xr.DataArray:
-    import rioxarray
-
+    from xfusion.cube.raster import open_guarded
     from xfusion.errors import RasterReadError
 
     try:
-        arr = rioxarray.open_rasterio(path, chunks={"band": -1, "y": chunks, "x": chunks},
-                                      masked=True)
+        arr = open_guarded(path, chunks={"band": -1, "y": chunks, "x": chunks},
+                           what=f"{role} GeoTIFF", masked=True)
+    except RasterReadError:
+        raise
     except Exception as err:
         raise RasterReadError(f"Cannot read the {role} GeoTIFF {path!r}: {err}") from None
     assert isinstance(arr, xr.DataArray)

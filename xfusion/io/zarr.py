@@ -625,6 +625,11 @@ def to_zarr(
     if region is None and mode in ("w-", "w"):
         sd = _try_spatial(ds)[0]
         planes = _empty_planes(ds, store, group, sd, zarr_format)
+        for name, frac in list(planes.items()):  # dates a cube declares unobserved are no news
+            flag = ds.coords.get(f"observed_{name}")
+            if flag is not None and flag.dims == ("time",):
+                seen = np.asarray(flag.values, dtype=bool)
+                planes[name] = tuple(f if seen[k] else 1.0 for k, f in enumerate(frac))
         if planes and sd is not None:
             labels = tuple(_time_label(v) for v in np.asarray(ds["time"].values))
             warn_empty(planes, labels, where=_store_repr(store),

@@ -37,6 +37,7 @@ __all__ = [
     "similarity_threshold",
     "starfm_block",
     "uncertainty_terms",
+    "decision_terms",
     "window_offsets",
 ]
 
@@ -151,6 +152,99 @@ def uncertainty_terms(
     if reference:
         s_comb = float(int(s_comb))
     return s_lsr, s_msr, s_comb
+
+
+class DecisionTerms(NamedTuple):
+    """The limits of STARFM's tests and the "perfect candidate" weight (working dtype)."""
+
+    lsr: Any
+    """Added to ``min_pairs |M1_c - L1_c|`` at a centre: the spectral filter's limit."""
+    msr: Any
+    """Added to ``min_pairs |M1_c - M2_c|`` at a centre: the temporal filter's limit."""
+    similarity: np.ndarray
+    """Per pair: a candidate is similar when ``|L1_k - L1_c|`` is below it (strict)."""
+    unit_limit: Any
+    """A kept candidate with ``t_dis`` below it gets the constant weight :attr:`unit_weight`."""
+    unit_weight: Any
+    """The constant weight of those "perfect" candidates."""
+
+
+def _grid_floor(x: float) -> float:
+    # floor of a ratio that may sit a rounding error below an integer (0.01 / 1e-4 etc.)
+    return float(math.floor(x + 1e-7 * max(1.0, abs(x))))
+
+
+def _grid_ceil(x: float) -> float:
+    return float(math.ceil(x - 1e-7 * max(1.0, abs(x))))
+
+
+def decision_terms(
+    fine_uncertainty: float,
+    coarse_uncertainty: float,
+    thresholds: Any,
+    *,
+    distance_offset: float,
+    temporal_distance: bool,
+    reference: bool,
+    dtype: Any = np.float32,
+) -> DecisionTerms:
+    """Return the limits of the similarity, filter and weight tests, in the working ``dtype``.
+
+    **Weights that follow the data's unit.** USDA v1.2.1 gives a kept candidate the weight 1
+    when ``t_dis < sigma_comb`` and else ``1 / (t_dis (1 + d / A))``, in x1e4 reflectance
+    units where its ``+1`` (``off = distance_offset``) is one unit. Written in units of
+    ``off``, the perfect weight is ``1 / off**k`` and the limit ``sigma_comb * off**(k - 1)``,
+    with ``k`` the power of the data's unit in ``t_dis`` (1 for ``|r_lsr| + off``, 2 for
+    ``(|r_msr| + off)(|r_lsr| + off)`` with two pairs): both then change with the unit exactly
+    as ``1 / t_dis`` and ``t_dis`` do, so rescaling the data and every parameter in the data's
+    unit by ``s`` multiplies the prediction by ``s``. With ``off = 1`` they are USDA's 1 and
+    ``sigma_comb``.
+
+    **Float mode compares on the grid of ``off``.** Data quantised in steps of ``off`` (x1e4
+    integers, or the same values / 1e4 as floats) put residuals exactly on USDA's limits
+    (``|r_lsr| + 1 = 100 = sigma_comb``); after rescaling, float rounding would decide those
+    ties at random, and the weight rule jumps by a factor of about 100 there. Float mode
+    therefore moves each limit to the middle between two steps of ``off`` (``off**k`` for
+    ``t_dis``), on the side that gives the exact comparison's answer for quantised data:
+    ``x < L`` becomes ``x < (ceil(L / q) - 1/2) q`` and ``x <= c + L`` becomes
+    ``x <= c + (floor(L / q) + 1/2) q`` (``q`` the step). For quantised data nothing changes;
+    for continuous data a limit moves by at most half a step, below the data's precision.
+    Reference mode keeps the exact comparisons (and USDA's integer truncations).
+
+    Parameters
+    ----------
+    fine_uncertainty, coarse_uncertainty : float
+        ``LANDSAT_UNCERTAINTY`` and ``MODIS_UNCERTAINTY`` in the data's unit.
+    thresholds : array-like of float
+        Similarity threshold of each pair (:func:`similarity_threshold`).
+    distance_offset : float
+        The ``+1`` of ``t_dis`` in the data's unit (one step of its precision).
+    temporal_distance : bool
+        Whether ``t_dis`` has the temporal factor (two or more pairs).
+    reference : bool
+        USDA's integer truncations and exact comparisons; otherwise float mode.
+    dtype : numpy.dtype, default float32
+        Working dtype of the kernel; each term is computed in float64 and rounded once.
+
+    Returns
+    -------
+    DecisionTerms
+    """
+    wt = np.dtype(dtype).type
+    s_lsr, s_msr, s_comb = uncertainty_terms(
+        fine_uncertainty, coarse_uncertainty, reference=reference
+    )
+    k = 2 if temporal_distance else 1
+    off = float(distance_offset)
+    thr = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
+    limit = s_comb * off ** (k - 1)
+    if not reference:
+        q = off**k
+        s_lsr = (_grid_floor(s_lsr / off) + 0.5) * off
+        s_msr = (_grid_floor(s_msr / off) + 0.5) * off
+        thr = np.array([max(0.0, (_grid_ceil(x / off) - 0.5) * off) for x in thr])
+        limit = max(0.0, (_grid_ceil(limit / q) - 0.5) * q)
+    return DecisionTerms(wt(s_lsr), wt(s_msr), thr.astype(wt), wt(limit), wt(1.0 / off**k))
 
 
 def slice_from_std(std: float, *, num_slice: int = USDA_NUM_SLICE, reference: bool = True) -> float:
@@ -598,11 +692,15 @@ def starfm_block(
     ``t = a + off`` (single pair) or ``(b + off) * (a + off)``. At centre ``c`` with pairs
     ``q`` valid at ``c``: ``ta = min_q a_c + sigma_lsr``, ``tb = min_q b_c + sigma_msr``.
     Candidate ``k`` of pair ``p`` is kept when ``|L1_k - L1_c| < threshold_p`` (``L1_c`` of
-    pair ``p``) and (``a_k <= ta`` or ``b_k <= tb``). Its weight is 1 when
-    ``t < sigma_comb`` and else ``w = (1 / t) * D(di, dj)`` with the table
+    pair ``p``) and (``a_k <= ta`` or ``b_k <= tb``). Its weight is ``1 / off**k`` when
+    ``t < sigma_comb * off**(k - 1)`` (``k`` = 1 for one pair, 2 with the temporal term; 1 and
+    ``sigma_comb`` for USDA's ``off = 1``) and else ``w = (1 / t) * D(di, dj)`` with the table
     ``D = 1 / (1 + d / A)`` of :func:`distance_weights`; this equals
-    ``1 / (t (1 + d / A))`` up to one rounding. ``sum w`` and ``sum w v`` are accumulated in
-    the order pair, window row, window column; ``P = sum w v / sum w`` in float64.
+    ``1 / (t (1 + d / A))`` up to one rounding. In float mode the limits of the three tests
+    sit half a step of ``off`` from the exact ones (:func:`decision_terms`), so that data
+    quantised in steps of ``off`` are decided as in USDA whatever their scale. ``sum w`` and
+    ``sum w v`` are accumulated in the order pair, window row, window column;
+    ``P = sum w v / sum w`` in float64.
 
     On ``synthetic600`` (window 50) the float32 kernel matches the USDA v1.2.1 output within
     +-1 on every pixel with the same fill pattern.
@@ -628,11 +726,12 @@ def starfm_block(
     before, after = chk.before, chk.after
     r0, r1, c0, c1 = chk.interior
     npairs = l1.shape[0]
-    s_lsr, s_msr, s_comb = uncertainty_terms(
-        fine_uncertainty, coarse_uncertainty, reference=reference
-    )
     if temporal_distance is None:
         temporal_distance = npairs > 1
+    terms = decision_terms(fine_uncertainty, coarse_uncertainty, thr,
+                           distance_offset=distance_offset,
+                           temporal_distance=bool(temporal_distance), reference=reference,
+                           dtype=wt)  # fmt: skip
 
     # ---- per-candidate terms, once per block (working dtype) -----------------------------
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -648,7 +747,7 @@ def starfm_block(
         a = np.abs(M1 - L)
         b = np.abs(M1 - M2)
         t = (b + off) * (a + off) if temporal_distance else a + off
-        unit = t < wt.type(s_comb)
+        unit = t < terms.unit_limit
         # e = 1 / t, or -1 where the weight is 1 (t < sigma_comb), 0 where invalid
         e = np.where(unit, wt.type(-1), wt.type(1) / t)
         e = np.where(valid, e, wt.type(0)).astype(wt)
@@ -659,19 +758,19 @@ def starfm_block(
         # centre terms over the interior
         vc = valid[:, r0:r1, c0:c1]
         any_c = vc.any(axis=0)
-        ta = np.where(vc, a[:, r0:r1, c0:c1], wt.type(np.inf)).min(axis=0) + wt.type(s_lsr)
-        tb = np.where(vc, b[:, r0:r1, c0:c1], wt.type(np.inf)).min(axis=0) + wt.type(s_msr)
+        ta = np.where(vc, a[:, r0:r1, c0:c1], wt.type(np.inf)).min(axis=0) + terms.lsr
+        tb = np.where(vc, b[:, r0:r1, c0:c1], wt.type(np.inf)).min(axis=0) + terms.msr
         ta = np.where(any_c, ta, wt.type(np.nan)).astype(wt)
         tb = np.where(any_c, tb, wt.type(np.nan)).astype(wt)
         lcen = np.ascontiguousarray(lm[:, r0:r1, c0:c1])
     dtab = distance_weights(window, distance_scale, wt)
-    thr_w = thr.astype(wt)
+    thr_w = terms.similarity
 
     sw = np.zeros((r1 - r0, c1 - c0), wt)
     swv = np.zeros_like(sw)
     cnt = np.zeros((r1 - r0, c1 - c0) if diagnostics else (r1 - r0, 0), np.int32)
     args = (lm, a, b, e, v, lcen, ta, tb, thr_w, dtab, r0, c0, c1, before, after, sw, swv, cnt,
-            wt.type(1), wt.type(0), bool(diagnostics))  # fmt: skip
+            terms.unit_weight, wt.type(0), bool(diagnostics))  # fmt: skip
     nthreads = _resolve_threads(threads)
     ni = r1 - r0
     if nthreads <= 1 or ni < 2:

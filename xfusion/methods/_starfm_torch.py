@@ -29,8 +29,8 @@ from xfusion.methods._starfm_kernel import (
     USDA_UNCERTAINTY,
     StarfmDiagnostics,
     _check_block_inputs,
+    decision_terms,
     distance_weights,
-    uncertainty_terms,
 )
 
 if TYPE_CHECKING:
@@ -105,11 +105,12 @@ def starfm_block_torch(
     before, after = chk.before, chk.after
     r0, r1, c0, c1 = chk.interior
     npairs, nrow, ncol = l1.shape
-    s_lsr, s_msr, s_comb = uncertainty_terms(
-        fine_uncertainty, coarse_uncertainty, reference=reference
-    )
     if temporal_distance is None:
         temporal_distance = npairs > 1
+    terms = decision_terms(fine_uncertainty, coarse_uncertainty, thr,
+                           distance_offset=distance_offset,
+                           temporal_distance=bool(temporal_distance), reference=reference,
+                           dtype=np.float32)  # fmt: skip
     dev = torch.device(device)
     f32 = torch.float32
     hi_, wi_ = r1 - r0, c1 - c0
@@ -133,8 +134,9 @@ def starfm_block_torch(
         a = (M1 - L).abs()
         b = (M1 - M2).abs()
         tdis = (b + off) * (a + off) if temporal_distance else a + off
-        unit = tdis < torch.tensor(np.float32(s_comb), device=dev)
+        unit = tdis < torch.tensor(terms.unit_limit, device=dev)
         one = torch.ones((), dtype=f32, device=dev)
+        uw = torch.tensor(terms.unit_weight, device=dev)
         e = torch.where(unit, torch.tensor(-1.0, dtype=f32, device=dev), torch.div(one, tdis))
         e = torch.where(valid, e, zero)
         v = torch.where(valid, (L + M2) - M1, zero)
@@ -146,8 +148,8 @@ def starfm_block_torch(
         inf = torch.tensor(float("inf"), dtype=f32, device=dev)
         nan = torch.tensor(float("nan"), dtype=f32, device=dev)
         any_c = vc.any(dim=0)
-        ta = torch.where(vc, a[:, r0:r1, c0:c1], inf).amin(dim=0) + np.float32(s_lsr)
-        tb = torch.where(vc, b[:, r0:r1, c0:c1], inf).amin(dim=0) + np.float32(s_msr)
+        ta = torch.where(vc, a[:, r0:r1, c0:c1], inf).amin(dim=0) + terms.lsr
+        tb = torch.where(vc, b[:, r0:r1, c0:c1], inf).amin(dim=0) + terms.msr
         ta = torch.where(any_c, ta, nan)
         tb = torch.where(any_c, tb, nan)
         lcen = lm[:, r0:r1, c0:c1]
@@ -167,7 +169,7 @@ def starfm_block_torch(
         swv = torch.zeros_like(sw)
         cnt = torch.zeros((hi_, wi_), dtype=torch.int32, device=dev) if diagnostics else None
         for p in range(npairs):
-            th = torch.tensor(np.float32(thr[p]), device=dev)
+            th = torch.tensor(terms.similarity[p], device=dev)
             lc = lcen[p]
             for di in range(-before, after + 1):
                 rs = r0 + di + before  # row start of the shifted view in the padded planes
@@ -177,7 +179,7 @@ def starfm_block_torch(
                     keep = (lm_p[sl] - lc).abs_() < th
                     keep &= (a_p[sl] <= ta) | (b_p[sl] <= tb)
                     ek = e_p[sl]
-                    w = torch.where(ek < zero, one, ek * float(dtab[di + before, dj + before]))
+                    w = torch.where(ek < zero, uw, ek * float(dtab[di + before, dj + before]))
                     w = torch.where(keep, w, zero)
                     sw += w
                     swv += w * v_p[sl]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -36,6 +35,7 @@ from xfusion.cube.roles import (
     sort_targets,
 )
 from xfusion.cube.validate import TIME, get_nodata, observed_times, require_same_grid
+from xfusion.engine.device import kernel_threads as _kernel_threads
 from xfusion.engine.run import map_blocks_halo
 from xfusion.errors import (
     EmptyPredictionWarning,
@@ -183,18 +183,6 @@ def _output_dtype(ds: xr.Dataset, name: str, work: xr.DataArray, fill: float | N
         )
     return np.dtype(raw), float(out_fill)
 
-
-def _worker_threads(ntasks: int) -> int:
-    """Kernel threads per dask task: 1 when the tasks alone fill the CPUs (as starfm)."""
-    import dask
-
-    cpus = dask.config.get("xfusion.kernel-threads", None)
-    if cpus is None:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - not Linux
-            cpus = os.cpu_count() or 1
-    return max(1, int(cpus) // max(ntasks, 1))
 
 
 def _to_output(pred: np.ndarray, dtype: np.dtype, fill: float | None) -> np.ndarray:
@@ -396,7 +384,9 @@ def _estarfm_tasks(
         return out
     ints = any(not np.issubdtype(np.dtype(d), np.floating) for d in out_dtypes)
     for t in range(nt):
-        kw = _kernel_kwargs(params, truncate)
+        # preset "auto": truncated (as Zhu's programs) only where the output is integer, so
+        # that float data in other units (kelvin, 0..1) keep their decimals
+        kw = _kernel_kwargs(params, ints if params.auto_unit else truncate)
         scale = float(thr[t, 2, 0, 0, 0])
         if scale != 1.0:  # preset "auto" on 0..1 data: the "reflectance" unit
             lo, hi = params.data_range
@@ -530,11 +520,12 @@ def estarfm(
     preset : {"auto", "zhu", "imagefusion", "reflectance"}, default "auto"
         Defaults for the parameters (see Notes): ``"zhu"`` and ``"imagefusion"`` reproduce
         the reference programs on reflectance x1e4; ``"reflectance"`` is "zhu" for 0..1
-        reflectance (range (0, 1), float output, not truncated). ``"auto"`` is "zhu", except
-        for targets whose pair fine images lie within [-2, 2] (0..1 reflectance, as odc-stac
-        loads scaled Landsat/Sentinel-2), which get the range (0, 1) and no truncation: the
-        unit is found with the global thresholds, lazily. Passing ``data_range`` or
-        ``truncate`` turns the detection off.
+        reflectance (range (0, 1), float output, not truncated). ``"auto"`` is "zhu" without
+        its truncation toward zero unless the output is integer (float x1e4 data: within 1 of
+        Zhu's programs; kelvin keeps its decimals), except for targets whose pair fine
+        images lie within [-2, 2] (0..1 reflectance, as odc-stac loads scaled
+        Landsat/Sentinel-2), which get the range (0, 1): the unit is found with the global
+        thresholds, lazily. Passing ``data_range`` or ``truncate`` turns the detection off.
     variant : {"zhu", "imagefusion"}, optional
         The reference program to follow; default: the preset's. Switching the variant also
         switches ``threshold_std`` and ``change_min_fraction`` to that variant's defaults
@@ -801,7 +792,7 @@ def estarfm(
     if lazy:
         leading = (x.chunks[0], (kdim,), (nb,))
         ntasks = nt * len(x.chunks[3]) * len(x.chunks[4])
-        threads = _worker_threads(ntasks)
+        threads = _kernel_threads(ntasks=ntasks)
     else:
         leading = None
         threads = None

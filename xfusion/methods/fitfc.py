@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, astuple, dataclass, fields, replace
 from functools import reduce
@@ -33,6 +32,7 @@ from xfusion.cube.roles import (
     sort_targets,
 )
 from xfusion.cube.validate import TIME, get_geobox, get_nodata, require_same_grid
+from xfusion.engine.device import kernel_threads as _kernel_threads
 from xfusion.errors import (
     GridMismatchError,
     InvalidParameterError,
@@ -607,18 +607,6 @@ def _map_with_origin(func: Any, *arrays: Any, halo: int, nplanes: int, token_par
     )  # fmt: skip
 
 
-def _worker_threads(ntasks: int) -> int:
-    """Kernel threads per dask task (as STARFM: ``xfusion.kernel-threads`` or the CPUs)."""
-    import dask
-
-    cpus = dask.config.get("xfusion.kernel-threads", None)
-    if cpus is None:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - not Linux
-            cpus = os.cpu_count() or 1
-    return max(1, int(cpus) // max(ntasks, 1))
-
 
 def _pick(out: Any, plane: int, dtype: np.dtype, lazy: bool) -> Any:
     if not lazy:
@@ -952,7 +940,7 @@ def fitfc(
         "kernel_dtype": np.dtype(kernel_dtype).str,
         "out_dtypes": tuple(d.str for d in out_dtypes), "out_fills": tuple(out_fills),
         "labels": labels, "diagnostics": diagnostics,
-        "threads": _worker_threads(nblocks) if lazy else None,
+        "threads": _kernel_threads(ntasks=nblocks) if lazy else None,
     }  # fmt: skip
     out = _map_with_origin(_fitfc_task, f1, c1, c2, halo=depth, nplanes=len(roles.fine) * k,
                            token_parts=(p, grid.s, grid.phase, sim_idx), kwargs=kwargs)  # fmt: skip

@@ -15,7 +15,7 @@ Examples
 >>> "starfm" in xfusion.methods.available(kind="fusion")
 True
 >>> xfusion.methods.get("starfm").param("preset").choices
-('usda', 'reflectance', 'lst')
+('auto', 'usda', 'reflectance', 'lst')
 """
 
 from __future__ import annotations
@@ -92,9 +92,17 @@ def parse_bands(text: str) -> str | tuple[str | int, ...]:
     return tuple(int(p) if p.isdigit() else p for p in parts)
 
 
+def parse_int_or_none(text: str) -> int | None:
+    """Parse an integer, or ``none`` for None (e.g. ``patience=none``: no early stopping)."""
+    if str(text).strip().lower() == "none":
+        return None
+    return int(text)
+
+
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "str": str,
     "int": int,
+    "int-or-none": parse_int_or_none,
     "float": float,
     "bool": parse_bool,
     "range": parse_range,
@@ -349,9 +357,9 @@ register(Method(
     one_pair_rule="before",
     halo="xfusion.methods.starfm:job_halo",
     params=(
-        _p("preset", choices=("usda", "reflectance", "lst"), default="usda",
-           help="usda (default: reflectance x1e4, reference mode), reflectance (0..1), lst "
-           "(kelvin)"),
+        _p("preset", choices=("auto", "usda", "reflectance", "lst"), default="auto",
+           help="auto (default: usda on x1e4 data, reflectance on 0..1 data), usda "
+           "(reflectance x1e4, reference mode), reflectance (0..1), lst (kelvin)"),
         _p("mode", choices=("reference", "float"),
            help="reference (USDA v1.2.1 rounding) or float; default from the preset"),
         _p("max_search_distance", "float", "search distance in metres (usda: 750)"),
@@ -471,6 +479,44 @@ register(Method(
 ))
 
 register(Method(
+    name="fsdaf",
+    kind="fusion",
+    function="xfusion.methods.fsdaf:fsdaf",
+    help="FSDAF (Zhu et al. 2016): one pair; classification of the fine image, class-wise "
+    "unmixing of the coarse change, thin-plate-spline residuals, similar-pixel smoothing",
+    pairs="one",
+    halo="xfusion.methods._fsdaf_params:job_halo",
+    params=(
+        _p("preset", choices=("zhu", "reflectance", "lst"), default="zhu",
+           help="zhu (IDL defaults, x1e4 reflectance), reflectance (0..1), lst (kelvin)"),
+        _p("half_window", "int", "w: window of 2w+1 pixels (similar pixels, HI) (20)",
+           default=20),
+        _p("n_similar", "int", "similar pixels per target (20)", default=20),
+        _p("min_classes", "int", "fewest ISODATA classes (4)", default=4),
+        _p("max_classes", "int", "most ISODATA classes (6)", default=6),
+        _p("n_pure", "int", "purest coarse cells per class in the unmixing (100)", default=100),
+        _p("data_range", "range", "LO,HI valid data range (zhu: 0,10000)"),
+        _p("scale_factor", "int", "coarse/fine ratio (default: the cube's coarse_factor "
+           "attribute, or detected from block-constant coarse data; required in jobs)"),
+        _p("block_cells", "int", "block side in coarse cells (30)", default=30),
+        _p("change_quantiles", "range", "quantiles of the coarse change kept per class "
+           "(0.1,0.9)", default=(0.1, 0.9)),
+        _p("outlier_quantiles", "range", "quantiles of the fine image clamped per block "
+           "(0.0001,0.9999)", default=(1e-4, 0.9999)),
+        _p("max_weight", "float", "cap of the residual weights (10)", default=10.0),
+        _p("classes", help="class map: name of a variable of the cube (0 = background); "
+           "default ISODATA"),
+        _p("interpolator", choices=("tps", "idw", "bicubic"), default="tps",
+           help="tps (IDL), idw (cuFSDAF) or bicubic"),
+        _p("blocks", "bool", "unmixing per block (true, IDL) or global (false)", default=True),
+        _p("pairs", default="nearest",
+           help="nearest (before, else after), before, after, or a pair date YYYY-MM-DD"),
+        _p("diagnostics", "bool", "also return the class map and HI", default=False),
+        _p("device", default="auto", help="auto or cpu (FSDAF has CPU kernels only)"),
+    ),
+))
+
+register(Method(
     name="fitfc",
     kind="fusion",
     function="xfusion.methods.fitfc:fitfc",
@@ -586,17 +632,25 @@ register(Method(
     name="stori",
     kind="gapfill",
     function="xfusion.methods.gapfill:gapfill",
-    help="STORI: SAR-guided bidirectional recurrent imputer, trained on the series itself "
-    "without --weights",
+    help="STORI: SAR-guided gap filling trained on the series itself without --weights "
+    "(default variant residual: linear fill + boosted SAR correction; faithful: the "
+    "paper's recurrent net)",
     needs=("sar",),
     weights=True,
+    progress_param="progress",
+    halo="xfusion.methods.gapfill:job_halo",
     params=(
-        _p("variant", choices=("fixed", "faithful"),
-           help="fixed (default) or faithful (the public code's behaviour)"),
-        _p("epochs", "int", "maximum training epochs (fixed: 100, faithful: 250)"),
-        _p("hidden", "int", "LSTM hidden size (default 96)"),
+        _p("variant", choices=("residual", "fixed", "faithful"),
+           help="residual (default), fixed or faithful (the paper's recurrent net)"),
+        _p("rounds", "int", "residual: maximum boosting rounds (default 500, early-stopped)"),
+        _p("train_samples", "int", "residual: hidden steps learned from (default 120000)"),
+        _p("sar_spatial", "int", "residual: SAR averaging window in px (default 3)"),
+        _p("epochs", "int", "recurrent: maximum training epochs (fixed: 100, faithful: 250)"),
+        _p("hidden", "int", "recurrent: LSTM hidden size (default 96)"),
+        _p("batch_size", "int", "recurrent: pixels per optimizer step (default 256)"),
+        _p("patience", "int-or-none", "early-stopping patience in rounds/epochs (residual: "
+           "60, fixed: 10; none: no early stopping)"),
         _p("seed", "int", "training seed (default 0)"),
-        _p("batch_size", "int", "pixels per optimizer step (default 256)"),
         _p("train_pixels", "int", "at most this many training pixels (default 8192)"),
         _p("time_budget", "float", "stop training after this many seconds"),
         _DEVICE,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, astuple, dataclass, replace
 from typing import Any, Literal, TypeAlias
@@ -25,15 +24,13 @@ from xfusion.config import check_device
 from xfusion.cube.roles import (
     assemble_result,
     float_data,
-    match_times,
     require_choice,
     resolve_roles,
-    select_bracket,
-    select_pairs,
     select_targets,
     sort_targets,
 )
-from xfusion.cube.validate import TIME, get_geobox, get_nodata, observed_times, require_same_grid
+from xfusion.cube.validate import TIME, get_geobox, get_nodata, require_same_grid
+from xfusion.engine.device import kernel_threads
 from xfusion.engine.run import map_blocks_halo
 from xfusion.errors import (
     InvalidParameterError,
@@ -41,7 +38,13 @@ from xfusion.errors import (
     NoOverlapError,
     TimeAxisError,
 )
-from xfusion.methods._starfm_stats import thresholds
+from xfusion.methods._starfm_pairs import _choose_pairs, _fmt_dates, _pair_positions
+from xfusion.methods._starfm_stats import (
+    gated_blocks,
+    thresholds,
+    throttle_rows,
+    unit_params,
+)
 
 __all__ = ["STARFM_MODES", "STARFM_PRESETS", "StarfmMode", "StarfmParams", "starfm"]
 
@@ -55,7 +58,6 @@ STARFM_MODES: tuple[str, ...] = ("reference", "float")
 StarfmPairs: TypeAlias = Literal["nearest", "before", "after", "bracket"]
 """How the pair(s) of each target are chosen (see :func:`starfm`)."""
 
-_PAIR_RULES = ("nearest", "before", "after", "bracket")
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,6 +84,9 @@ class StarfmParams:
     """USDA ``FILL``: inputs equal to it are unobserved (``None``: only NaN/declared nodata)."""
     mode: str
     """``"reference"`` or ``"float"``."""
+    auto_unit: bool = False
+    """Preset ``"auto"``: images whose valid values all lie within [-2, 2] (0..1
+    reflectance) use these parameters x 1e-4 in float mode, without fill (see :func:`starfm`)."""
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         return (type(self).__name__, *astuple(self))
@@ -119,7 +124,13 @@ STARFM_PRESETS: dict[str, StarfmParams] = {
         mode="float",
     ),
 }
+STARFM_PRESETS = {"auto": replace(STARFM_PRESETS["usda"], auto_unit=True), **STARFM_PRESETS}
 """Parameter presets by name (see :func:`starfm`, Notes, for the reasoning behind each value)."""
+
+#: Parameters in the data's unit: giving one turns the "auto" unit detection off.
+_UNIT_PARAMS = ("mode", "uncertainty_fine", "uncertainty_coarse", "data_range",
+                "distance_offset", "fill")
+
 
 def _positive(name: str, value: Any, *, integer: bool = False, hint: str = "") -> None:
     ok = not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
@@ -134,11 +145,14 @@ def _positive(name: str, value: Any, *, integer: bool = False, hint: str = "") -
 
 def _resolve_params(preset: str | None, overrides: Mapping[str, Any]) -> StarfmParams:
     if preset is None:
-        base = STARFM_PRESETS["usda"]
+        base = STARFM_PRESETS["auto"]
     else:
         require_choice(preset, tuple(STARFM_PRESETS), name="preset", method=NAME)
         base = STARFM_PRESETS[preset]
-    params = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    params = replace(base, **given)
+    if params.auto_unit and any(k in given for k in _UNIT_PARAMS):
+        params = replace(params, auto_unit=False)
     if params.mode not in STARFM_MODES:
         require_choice(params.mode, STARFM_MODES, name="mode", method=NAME)
     _positive(
@@ -267,9 +281,7 @@ def _to_output(
 
 
 def _starfm_tasks(
-    l1: np.ndarray,
-    m1: np.ndarray,
-    m2: np.ndarray,
+    inputs: np.ndarray,
     thr: np.ndarray,
     *,
     halo_sides: tuple[int, int, int, int],
@@ -285,18 +297,67 @@ def _starfm_tasks(
 ) -> np.ndarray:
     """Predict the block interior of every (target, band) in the block.
 
-    ``l1``/``m1`` are ``(T, B, P, y, x)``, ``m2`` is ``(T, B, 1, y, x)`` and ``thr`` is
-    ``(T, B, P, 1, 1)``; the result is ``(T, B, K, y', x')`` with K = 1 (prediction) or 3
+    ``inputs`` is ``(T, B, 2P + 1, y, x)``: ``L1`` of the P pairs, ``M1`` of the P pairs, then
+    ``M2`` (one array, so that each block has one overlap task to wait for); ``thr`` is
+    ``(T, B, P, 2, 1)``: the threshold of each pair, then the unit scale of the parameters
+    (1, or 1e-4 where preset ``"auto"`` found 0..1 data: one scale per variable); the result is ``(T, B, K, y', x')`` with K = 1 (prediction) or 3
     (prediction, candidate count, weight sum).
     """
     from xfusion.methods._starfm_kernel import starfm_block
 
+    npair = thr.shape[2]
+    l1, m1, m2 = inputs[:, :, :npair], inputs[:, :, npair:-1], inputs[:, :, -1:]
     top, bottom, left, right = halo_sides
     ntar, nband, _, ny, nx = l1.shape
     k = 3 if diagnostics else 1
     out = np.empty((ntar, nband, k, ny - top - bottom, nx - left - right), stack_dtype)
     if out.size == 0:
         return out
+    tdev = _torch_device(device)
+    if tdev is None:
+        run = starfm_block
+        extra: dict[str, Any] = {"threads": threads}
+    else:
+        from xfusion.methods._starfm_torch import starfm_block_torch
+
+        run = starfm_block_torch
+        extra = {"device": tdev}
+    for t in range(ntar):
+        for b in range(nband):
+            prm = params
+            scale = float(thr[t, b, 0, 1, 0])
+            if prm.auto_unit and scale != 1.0:
+                prm = unit_params(prm, scale)  # preset "auto" on 0..1 data
+            reference = prm.mode == "reference"
+            dtype = np.dtype(out_dtypes[b])
+            ofill = out_fills[b]
+            arrays = [l1[t, b], m1[t, b], m2[t, b, 0]]
+            if prm.fill is not None and not math.isnan(prm.fill):
+                arrays = [np.where(a == prm.fill, np.float32(np.nan), a) for a in arrays]
+            integer_fill = reference and ofill is not None and not np.issubdtype(
+                dtype, np.floating
+            )
+            res = run(
+                *arrays,
+                thresholds=thr[t, b, :, 0, 0],
+                fill_value=float(ofill) if integer_fill else math.nan,
+                window=window,
+                halo=halo_sides,
+                fine_uncertainty=prm.uncertainty_fine,
+                coarse_uncertainty=prm.uncertainty_coarse,
+                distance_scale=distance_scale,
+                distance_offset=prm.distance_offset,
+                data_range=prm.data_range,
+                reference=reference,
+                diagnostics=diagnostics,
+                **extra,
+            )
+            pred = res.prediction if diagnostics else res
+            out[t, b, 0] = _to_output(pred, dtype, ofill, reference=reference)
+            if diagnostics:
+                out[t, b, 1] = res.n_candidates
+                out[t, b, 2] = res.weight_sum
+    return out
     tdev = _torch_device(device)
     reference = params.mode == "reference"
     fill = params.fill
@@ -353,97 +414,39 @@ def _is_dask(a: Any) -> bool:
     return bool(dask.is_dask_collection(a))
 
 
-def _fmt_dates(ds: xr.Dataset, idx: Any) -> list[str]:
-    times = np.asarray(ds.indexes[TIME].values, dtype="datetime64[ns]")
-    return [str(np.datetime64(t, "D")) for t in times[np.asarray(idx, dtype=np.intp)]]
 
 
-def _pair_dates(ds: xr.Dataset, roles: Any) -> list[str]:
-    return _fmt_dates(ds, _pair_positions(ds, roles))
 
 
-def _is_date_pair(value: Any) -> bool:
-    return isinstance(value, tuple) and len(value) == 2 and not any(
-        isinstance(v, tuple | list) for v in value
-    )
 
 
-def _choose_pairs(
-    ds: xr.Dataset, roles: Any, tidx: np.ndarray, pairs: Any
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Pair positions per target: ``(first, second)``, ``second`` None for one pair."""
-    if isinstance(pairs, str) and pairs in ("nearest", "before"):
-        try:
-            return select_pairs(ds, roles, tidx, "before", method=NAME), None
-        except NoOverlapError:
-            bad = [t for t in tidx if not any(p < t for p in _pair_positions(ds, roles))]
-            raise NoOverlapError(
-                f"starfm() found no pair (a date with both fine and coarse observed) before the "
-                f"target(s) {_fmt_dates(ds, bad)!r}; pairs={pairs!r} predicts each target from "
-                f"the nearest pair BEFORE it. Pair dates: {_pair_dates(ds, roles)!r}. Use "
-                "pairs='after' (the nearest pair after), explicit pairs=[...], or drop those "
-                "targets."
-            ) from None
-    per_target_brackets = (
-        isinstance(pairs, list)
-        and bool(pairs)
-        and all(isinstance(p, tuple | list) and _is_date_pair(tuple(p)) for p in pairs)
-    )
-    bracket = isinstance(pairs, str) and pairs == "bracket"
-    if bracket or _is_date_pair(pairs) or per_target_brackets:
-        if per_target_brackets:
-            pairs = [tuple(p) for p in pairs]
-        try:
-            return select_bracket(ds, roles, tidx, pairs, method=NAME)
-        except NoOverlapError:
-            pos = _pair_positions(ds, roles)
-            bad = [
-                t for t in tidx if not (any(p < t for p in pos) and any(p > t for p in pos))
-            ]
-            raise NoOverlapError(
-                f"starfm() two-pair mode (pairs='bracket') needs a pair (a date with both fine "
-                f"and coarse observed) before AND after every target, but the target(s) "
-                f"{_fmt_dates(ds, bad)!r} lack one side. Pair dates: "
-                f"{_pair_dates(ds, roles)!r}. Use pairs='nearest' (one pair, before the "
-                "target), explicit (before, after) dates, or drop those targets."
-            ) from None
-    if isinstance(pairs, Mapping) and pairs and all(_is_date_pair(v) for v in pairs.values()):
-        lookup = {int(match_times(ds, k, what="target in pairs=")[0]): v for k, v in pairs.items()}
-        missing = [t for t in tidx if int(t) not in lookup]
-        if missing:
-            raise TimeAxisError(
-                f"pairs= maps targets to (before, after) pairs but has no entry for target(s) "
-                f"{_fmt_dates(ds, missing)!r}."
-            )
-        return select_bracket(ds, roles, tidx, [lookup[int(t)] for t in tidx], method=NAME)
-    if isinstance(pairs, str):  # "after", a date, or an unknown rule
-        try:
-            return select_pairs(ds, roles, tidx, pairs, method=NAME), None
-        except InvalidParameterError:
-            raise InvalidParameterError(
-                f"Unknown pairs={pairs!r} for starfm(). Choose one of {list(_PAIR_RULES)!r}, "
-                "or give pair dates ('YYYY-MM-DD'), or (before, after) tuples for two-pair mode."
-            ) from None
-    return select_pairs(ds, roles, tidx, pairs, method=NAME), None
 
 
-def _pair_positions(ds: xr.Dataset, roles: Any) -> np.ndarray:
-    ok = np.ones(ds.sizes[TIME], dtype=bool)
-    for n in (*roles.fine, *roles.coarse):
-        obs = observed_times(ds, n)
-        if obs is not None:
-            ok &= obs
-    return np.flatnonzero(ok)
 
 
 def _output_dtype(ds: xr.Dataset, name: str, work: xr.DataArray, fill: float | None) -> tuple[
     np.dtype, float | None
 ]:  # fmt: skip
-    """Output dtype and fill of fine variable ``name``: floats → NaN, integers → a fill."""
-    raw = ds[name].dtype
+    """Output dtype and fill of fine variable ``name``: floats → NaN, integers → a fill.
+
+    Integers are the variable's dtype, or the integer dtype its ``encoding`` says it was
+    stored as (float values decoded from integer GeoTIFFs or Zarr, with ``_FillValue``).
+    """
+    var = ds[name]
+    raw = var.dtype
+    stored = var.encoding.get("dtype")
+    if (
+        np.issubdtype(raw, np.floating)
+        and stored is not None
+        and np.issubdtype(np.dtype(stored), np.integer)
+        and (fill is not None or var.encoding.get("_FillValue") is not None)
+    ):
+        raw = np.dtype(stored)
+        if fill is None:
+            fill = float(var.encoding["_FillValue"])
     if not np.issubdtype(raw, np.integer):
         return np.dtype(work.dtype), None
-    out_fill = fill if fill is not None else get_nodata(ds[name])
+    out_fill = fill if fill is not None else get_nodata(var)
     info = np.iinfo(raw)
     if out_fill is None or not (
         float(out_fill).is_integer() and info.min <= float(out_fill) <= info.max
@@ -455,23 +458,6 @@ def _output_dtype(ds: xr.Dataset, name: str, work: xr.DataArray, fill: float | N
             f"Pass fill=... (e.g. fill={info.min}), or convert the variable to float (NaN gaps)."
         )
     return np.dtype(raw), float(out_fill)
-
-
-def _worker_threads(ntasks: int) -> int:
-    """Kernel threads per dask task: 1 when the tasks alone fill the CPUs.
-
-    The CPU budget is the dask config value ``"xfusion.kernel-threads"`` when set (e.g. by
-    :func:`xfusion.run` on a worker that owns one core), else the CPUs of this process.
-    """
-    import dask
-
-    cpus = dask.config.get("xfusion.kernel-threads", None)
-    if cpus is None:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - not Linux
-            cpus = os.cpu_count() or 1
-    return max(1, int(cpus) // max(ntasks, 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,7 +472,7 @@ def starfm(
     coarse: str | Sequence[str],
     targets: Any = None,
     pairs: StarfmPairs | Any = "nearest",
-    preset: Literal["usda", "reflectance", "lst"] | None = None,
+    preset: Literal["auto", "usda", "reflectance", "lst"] | None = None,
     mode: StarfmMode | None = None,
     max_search_distance: float | None = None,
     resolution: float | None = None,
@@ -498,6 +484,7 @@ def starfm(
     fill: float | None = None,
     diagnostics: bool = False,
     device: str = "auto",
+    threads: int | None = None,
 ) -> xr.Dataset:
     """Predict fine images at target dates with STARFM (Gao et al. 2006, USDA v1.2.1).
 
@@ -529,9 +516,17 @@ def starfm(
         one date for all targets, a list with one date per target, or a mapping target →
         date; a ``(before, after)`` tuple (or a list of them, one per target, or a mapping
         target → tuple) selects two-pair mode with those dates.
-    preset : {"usda", "reflectance", "lst"}, optional
-        Defaults for every parameter below (see Notes); ``None`` means ``"usda"``.
-        Parameters given explicitly override the preset.
+    preset : {"auto", "usda", "reflectance", "lst"}, optional
+        Defaults for every parameter below (see Notes); ``None`` means ``"auto"``: ``"usda"``,
+        except for fine variables whose valid values at the pair dates all lie within
+        [-2, 2] (0..1 reflectance, as odc-stac and :func:`xfusion.load_cube` scale Landsat and
+        Sentinel-2), which get ``"reflectance"`` (the same physics x 1e-4, float mode). The
+        unit is found with the global thresholds, lazily, per variable. Giving ``mode``,
+        ``uncertainty_fine``, ``uncertainty_coarse``, ``data_range``, ``distance_offset`` or
+        ``fill`` turns the detection off. Parameters given explicitly override the preset.
+
+        .. versionchanged:: 0.1
+           The default is ``"auto"`` (it was ``"usda"``, which left 0..1 data unpredicted).
     mode : {"reference", "float"}, optional
         ``"reference"``: the USDA v1.2.1 program exactly (integer-truncated uncertainties,
         threshold ``int(2 std / num_slice + 0.5)``, predictions rounded half up, filled
@@ -542,8 +537,11 @@ def starfm(
         USDA ``MAX_SEARCH_DISTANCE`` in metres. The window is
         ``int(2 * max_search_distance / resolution)`` pixels (even windows reach one pixel
         further before the centre than after, as in USDA) and the distance term is
-        ``1 + d / (max_search_distance / resolution)``. Must give a window no larger than
-        the image.
+        ``1 + d / (max_search_distance / resolution)``. A window larger than the image is
+        clipped to it, as in USDA (positions outside the image are not candidates).
+
+        .. versionchanged:: 0.1
+           Windows larger than the image are accepted.
     resolution : float, optional
         Pixel size in metres (USDA ``RESOLUTION``). Default: from the cube's GeoBox (mean of
         the x and y pixel sizes). Required for a geographic CRS (degrees).
@@ -569,6 +567,14 @@ def starfm(
     device : {"auto", "cpu", "cuda"} or "cuda:N", default "auto"
         Where each block runs, resolved in the worker that runs it: ``"auto"`` uses CUDA
         (the torch kernel) when that worker has a GPU, else the numba CPU kernel.
+    threads : int, optional
+        CPU threads of the numba kernel, shared by the blocks that dask may run at once (each
+        gets ``max(1, threads // blocks)``). Default: the dask config value
+        ``"xfusion.kernel-threads"``, else the environment variable
+        ``XFUSION_KERNEL_THREADS``, else every CPU available to the process (see
+        :func:`xfusion.engine.device.kernel_threads`). The result does not depend on it.
+
+        .. versionadded:: 0.1
 
     Returns
     -------
@@ -587,7 +593,7 @@ def starfm(
     ------
     InvalidParameterError
         Unknown preset/mode/pairs, parameters that are zero, negative or not finite, a window
-        larger than the image or smaller than one pixel, a geographic CRS without
+        smaller than one pixel, a geographic CRS without
         ``resolution``, fine/coarse lists of different lengths, an integer fill value that
         does not fit the output dtype.
     NoOverlapError
@@ -619,16 +625,33 @@ def starfm(
     (``|L1_k - L1_c| < 2 std / num_slice``) and passes either residual test
     (``|M1_k - L1_k| <= min_pairs |M1_c - L1_c| + sigma_lsr`` or
     ``|M1_k - M2_k| <= min_pairs |M1_c - M2_c| + sigma_msr``) with
-    ``sigma_lsr = sqrt(u_c^2 + u_f^2)``, ``sigma_msr = sqrt(2) u_c``. Its weight is 1 when
-    ``t_dis < sqrt(sigma_lsr^2 + sigma_msr^2)``, else ``1 / (t_dis (1 + d / A))``. The
+    ``sigma_lsr = sqrt(u_c^2 + u_f^2)``, ``sigma_msr = sqrt(2) u_c``. Its weight is
+    ``1 / (t_dis (1 + d / A))``, or, for a "perfect" candidate whose
+    ``t_dis < sigma_comb = sqrt(sigma_lsr^2 + sigma_msr^2)``, USDA's constant 1. The
     prediction is ``sum w (L1 + M2 - M1) / sum w``. Reference mode reproduces the program's
     integer truncations and rounding; on ``synthetic600`` it matches the USDA output within
     +-1 on every pixel (99.95 % exactly) with the same fill pattern.
 
+    **Units.** USDA's constant 1 and ``+1`` are one x1e4 reflectance unit; in general the
+    perfect weight is ``1 / distance_offset**k`` below ``sigma_comb * distance_offset**(k-1)``
+    (``k`` = 1 with one pair, 2 with two, whose ``t_dis`` is a product), so that every weight
+    changes with the data's unit like ``1 / t_dis``: multiplying the data and every parameter in
+    the data's unit by ``s`` multiplies the prediction by ``s``. Float mode also compares on
+    the grid of ``distance_offset`` steps (each limit halfway between two steps, see
+    :func:`xfusion.methods._starfm_kernel.decision_terms`), so data quantised in those steps
+    (x1e4 integers, or the same values / 1e4) are decided exactly alike at any scale: on
+    ``synthetic600`` / 1e4 the ``"reflectance"`` preset x 1e4 is within 1 DN of ``"usda"`` in
+    float mode on every pixel (same RMSE to the truth, 327.0).
+
+    .. versionchanged:: 0.1
+       The perfect weight follows the unit (it was 1 in every unit, so in 0..1 reflectance the
+       closest candidates weighed least); float mode compares on the offset's grid.
+
     **Presets.** ``"usda"``: the reference defaults for scaled-integer reflectance (x1e4):
     750 m, 40 slices, uncertainties 50, range [0, 10000], offset 1, fill -9999, reference
     mode. ``"reflectance"``: the same physics for 0..1 reflectance (every value / 1e4:
-    uncertainties 0.005, offset 1e-4, range [0, 1]), float mode. ``"lst"``: land-surface
+    uncertainties 0.005, offset 1e-4, range [0, 1]), float mode: its prediction x 1e4 is
+    ``"usda"``'s in float mode on the data x 1e4. ``"lst"``: land-surface
     temperature in kelvin, float mode: ``uncertainty_fine=1.0`` K (Landsat single-channel LST
     retrievals validate at about 1 K), ``uncertainty_coarse=0.5`` K (MOD11A1 is within 0.5 K
     at homogeneous validation sites, Wan 2014); ``distance_offset=0.01`` K (the ``+1`` is one
@@ -645,13 +668,22 @@ def starfm(
     (``boundary="none"``: image edges are edges, never padding) and the similarity threshold
     comes from exact sums over all chunks (Shewchuk expansions, so the sums do not depend on
     how the image is cut), so any chunking gives bit-identical output. Each task holds one
-    target and one band of a chunk plus halo (~10 float32 planes per pair). Because every
-    prediction waits for the global threshold, dask keeps the chunks of the pair-date fine
-    images in memory between the statistics pass and the predictions (4 bytes per pixel,
-    band and pair date: 0.4 GB for one 10000 x 10000 band); everything else is O(chunk).
+    target and one band of a chunk plus halo (~10 float32 planes per pair). Every prediction
+    waits for the global threshold; so that dask holds no chunk across that wait, the
+    predictions read their inputs again once it is known (the pair-date fine images are read
+    twice) and the input blocks of a row start when the predictions two rows above are done
+    (:mod:`xfusion.methods._starfm_stats`): memory is a few rows of chunks, not the image
+    (streamed from Zarr to Zarr, one band, 1024 px chunks: peak RSS 0.72 GB at 5000 x 5000
+    and 0.98 GB at 10000 x 10000, see ``benchmarks/README.md``).
+
+    .. versionchanged:: 0.1
+       The statistics pass no longer keeps the chunks for the predictions (2.04 GB before at
+       10000 x 10000).
 
     **Speed.** About ``npairs * window**2`` candidate tests per pixel: ~4 M px/s on two CPU
-    cores at the USDA window of 50 (the C program: 92 k px/s).
+    cores at the USDA window of 50 on a quiet machine; measured side by side with the USDA
+    C program (2 threads each, loaded machine) the kernel is 30-43x its whole run and the
+    ``xfusion fuse starfm`` command line 4.6-7.6x (``benchmarks/bench_starfm_usda.py``).
 
     .. versionadded:: 0.1
 
@@ -720,19 +752,11 @@ def starfm(
     pixel = _pixel_size(ds, resolution)
     window = int(params.max_search_distance * 2.0 / pixel)
     ydim, xdim = roles.dims
-    ny, nx = ds.sizes[ydim], ds.sizes[xdim]
     if window < 1:
         raise InvalidParameterError(
             f"starfm() window int(2 * max_search_distance / resolution) = int(2 * "
             f"{params.max_search_distance:g} / {pixel:g}) is 0 pixels. Use max_search_distance "
             f">= {pixel / 2:g} m (half a pixel)."
-        )
-    if window > min(ny, nx):
-        raise InvalidParameterError(
-            f"starfm() window of {window} px (int(2 * max_search_distance / resolution) = "
-            f"int(2 * {params.max_search_distance:g} / {pixel:g})) is larger than the image "
-            f"({ny} x {nx} px). Use max_search_distance <= {min(ny, nx) * pixel / 2:g} m, or a "
-            "larger area."
         )
     distance_scale = params.max_search_distance / pixel
 
@@ -779,7 +803,9 @@ def starfm(
     labels = [
         [f"{fname!r} at {_fmt_dates(ds, [u])[0]}" for fname in roles.fine] for u in upos
     ]
-    thr_ub = thresholds(pair_imgs, params=params, labels=labels, token=token)
+    pair_coarse = xp.stack([xp.stack([cd[u] for cd in coarse_data]) for u in upos])
+    thr_ub = thresholds(pair_imgs, params=params, labels=labels, token=token,
+                        coarse=pair_coarse, names=(roles.fine, roles.coarse))  # fmt: skip
     where = {u: i for i, u in enumerate(upos)}
 
     def per_target(k: int, arrays: list[Any], pos: list[np.ndarray]) -> Any:
@@ -794,7 +820,8 @@ def starfm(
         xp.stack([xp.stack([thr_ub[where[int(pl[k])], b] for pl in pair_lists])
                   for b in range(nband)])
         for k in range(ntar)
-    ])[..., None, None]  # fmt: skip
+    ])[..., None]  # fmt: skip  (T, B, P, 2, 1): thresholds and unit scales
+    inputs = xp.concatenate([l1, m1, m2], axis=2)  # (T, B, 2P + 1, y, x): one overlap/block
 
     kdim = 3 if diagnostics else 1
     all_dtypes = [*out_dtypes, *((np.dtype(np.int32), np.dtype(np.float32)) if diagnostics
@@ -803,21 +830,28 @@ def starfm(
     before = window // 2
     ntasks = ntar * nband
     if lazy:
-        lead = ((1,) * ntar, (1,) * nband, (npair,))
-        l1 = l1.rechunk({0: 1, 1: 1, 2: -1})
-        m1 = m1.rechunk({0: 1, 1: 1, 2: -1})
-        m2 = m2.rechunk({0: 1, 1: 1, 2: -1})
-        thr = thr.rechunk((1, 1, npair, 1, 1))
-        ntasks *= len(l1.chunks[3]) * len(l1.chunks[4])
-        leading = (lead[0], lead[1], (kdim,))
+        import dask.array as da
+
+        # the spatial chunks map_blocks_halo would use (none shorter than the halo), so that
+        # the input blocks line up with the output blocks for throttle_rows
+        space = tuple(
+            (sum(c),) if sum(c) <= before else
+            da.overlap.ensure_minimum_chunksize(before, c) if len(c) > 1 else c
+            for c in inputs.chunks[3:]
+        )  # fmt: skip
+        inputs = inputs.rechunk(((1,) * ntar, (1,) * nband, (2 * npair + 1,), *space))
+        # the predictions read their inputs again, once the thresholds are known (see
+        # xfusion.methods._starfm_stats)
+        inputs, gated = gated_blocks(inputs, thr_ub, token=token)
+        thr = thr.rechunk((1, 1, npair, 2, 1))
+        ntasks *= len(inputs.chunks[3]) * len(inputs.chunks[4])
+        leading = ((1,) * ntar, (1,) * nband, (kdim,))
     else:
         leading = None
-    threads = _worker_threads(ntasks) if lazy else None
+    threads = kernel_threads(threads, ntasks=ntasks if lazy else 1)
     out = map_blocks_halo(
         _starfm_tasks,
-        l1,
-        m1,
-        m2,
+        inputs,
         halo=before,
         dtype=stack_dtype,
         leading_chunks=leading,
@@ -836,6 +870,8 @@ def starfm(
             "threads": threads,
         },
     )
+    if lazy:
+        out = throttle_rows(out, inputs, gated)
 
     data: dict[str, Any] = {}
     for b, fname in enumerate(roles.fine):
@@ -856,7 +892,7 @@ def starfm(
     res = assemble_result(ds, data, like=like, target_idx=tidx, time_coords=time_coords)
     for b, fname in enumerate(roles.fine):
         if out_fills[b] is not None:
-            res[fname].attrs["nodata"] = out_fills[b]
+            res[fname].attrs["nodata"] = int(out_fills[b])
     record = {**asdict(params), "window": window, "resolution": pixel,
               "npairs": npair, "device": device}  # fmt: skip
     record["data_range"] = [x if math.isfinite(x) else str(x) for x in params.data_range]

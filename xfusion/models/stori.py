@@ -271,6 +271,10 @@ def impute(model: Stori, x: np.ndarray, m: np.ndarray, s: np.ndarray, pos: np.nd
     return out_i, out_u
 
 
+class _Stop(Exception):
+    """Raised inside the loop when ``stop()`` asks training to end."""
+
+
 def _val_mae(model: Stori, x: torch.Tensor, m: torch.Tensor, s: torch.Tensor,
              pos: torch.Tensor, hidden: torch.Tensor, batch_size: int) -> float:
     """MAE of the imputation at the ``hidden`` observed steps of validation pixels."""
@@ -312,6 +316,7 @@ def train_stori(
     time_budget: float | None = None,
     threads: int | None = 1,
     callback: Callable[[dict[str, float]], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[Stori, dict[str, Any]]:
     """Train a STORI net on pixel series (the thin loop; see the module docstring).
 
@@ -347,6 +352,8 @@ def train_stori(
         CPU intra-op threads while training (``None``: torch's setting).
     callback : callable, optional
         Called with each epoch's record.
+    stop : callable, optional
+        Polled between batches; training ends (best weights kept) when it returns True.
 
     Returns
     -------
@@ -354,7 +361,15 @@ def train_stori(
         On the CPU, eval mode, best (or last) weights.
     info : dict
         ``history`` (per epoch: ``epoch``, ``train_loss``, ``val_mae``, ``seconds``),
-        ``best_epoch``, ``best_val_mae``, ``stopped``, ``seconds``, ``n_train``, ``n_val``.
+        ``best_epoch``, ``best_val_mae``, ``stopped`` (``"completed"``, ``"early-stopping"``,
+        ``"time-budget"``, ``"interrupted"``, ``"stopped"``), ``seconds``, ``n_train``,
+        ``n_val``.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        Interrupted before the first epoch completed. Later, training ends with the best (or
+        last complete) epoch's weights and ``stopped="interrupted"``.
     """
     dev = torch.device(device)
     with cpu_threads(threads, dev):
@@ -362,7 +377,7 @@ def train_stori(
                       lr=lr, weight_decay=weight_decay, consistency=consistency,
                       lr_step=lr_step, lr_gamma=lr_gamma, patience=patience, augment=augment,
                       augment_max_run=augment_max_run, seed=seed, dev=dev,
-                      time_budget=time_budget, callback=callback)
+                      time_budget=time_budget, callback=callback, stop=stop)
 
 
 def _train(x: np.ndarray, m: np.ndarray, s: np.ndarray, pos: np.ndarray, *,
@@ -370,7 +385,8 @@ def _train(x: np.ndarray, m: np.ndarray, s: np.ndarray, pos: np.ndarray, *,
            lr: float, weight_decay: float, consistency: float, lr_step: int | None,
            lr_gamma: float, patience: int | None, augment: float, augment_max_run: int,
            seed: int, dev: torch.device, time_budget: float | None,
-           callback: Callable[[dict[str, float]], None] | None) -> tuple[Stori, dict[str, Any]]:
+           callback: Callable[[dict[str, float]], None] | None,
+           stop: Callable[[], bool] | None = None) -> tuple[Stori, dict[str, Any]]:
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     model = build_stori(1, **arch).to(dev)
@@ -394,43 +410,58 @@ def _train(x: np.ndarray, m: np.ndarray, s: np.ndarray, pos: np.ndarray, *,
     best_state: dict[str, torch.Tensor] | None = None
     bad = 0
     stopped = "completed"
-    for epoch in range(int(epochs)):
-        t0 = time.perf_counter()
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = tr[torch.randperm(tr.numel(), generator=g)]
-        model.train()
-        tot, nb = 0.0, 0
-        for i in range(0, order.numel(), batch_size):
-            idx = order[i:i + batch_size]
-            bx, bm, bs = xt[idx].to(dev), mt[idx].to(dev), st[idx].to(dev)
-            hid = hide_runs(mt[idx], fraction=augment, max_run=augment_max_run, generator=g)
-            out = model(bx, bm * (~hid.to(dev)).float(), bs, pt)
-            loss = stori_loss(out, bx, bm, consistency=consistency)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot += float(loss.detach())
-            nb += 1
-        if sched is not None:
-            sched.step()
-        vmae = _val_mae(model, vx, vm, vs, pt, vh, 4 * batch_size) if va.size else math.nan
-        rec = {"epoch": epoch, "train_loss": tot / max(nb, 1), "val_mae": vmae,
-               "seconds": time.perf_counter() - t0}
-        history.append(rec)
-        if callback is not None:
-            callback(rec)
-        if va.size:
-            if math.isfinite(vmae) and vmae < best:
-                best, best_epoch, bad = vmae, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
+    last_state: dict[str, torch.Tensor] | None = None
+    try:
+        for epoch in range(int(epochs)):
+            t0 = time.perf_counter()
+            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            order = tr[torch.randperm(tr.numel(), generator=g)]
+            model.train()
+            tot, nb = 0.0, 0
+            for i in range(0, order.numel(), batch_size):
+                if stop is not None and stop():
+                    raise _Stop
+                idx = order[i:i + batch_size]
+                bx, bm, bs = xt[idx].to(dev), mt[idx].to(dev), st[idx].to(dev)
+                hid = hide_runs(mt[idx], fraction=augment, max_run=augment_max_run,
+                                generator=g)
+                out = model(bx, bm * (~hid.to(dev)).float(), bs, pt)
+                loss = stori_loss(out, bx, bm, consistency=consistency)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                tot += float(loss.detach())
+                nb += 1
+            if sched is not None:
+                sched.step()
+            vmae = _val_mae(model, vx, vm, vs, pt, vh, 4 * batch_size) if va.size else math.nan
+            rec = {"epoch": epoch, "train_loss": tot / max(nb, 1), "val_mae": vmae,
+                   "seconds": time.perf_counter() - t0}
+            history.append(rec)
+            if va.size:
+                if math.isfinite(vmae) and vmae < best:
+                    best, best_epoch, bad = vmae, epoch, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    bad += 1
             else:
-                bad += 1
-            if patience is not None and bad >= patience:
+                last_state = copy.deepcopy(model.state_dict())
+            if callback is not None:
+                callback(rec)
+            if va.size and patience is not None and bad >= patience:
                 stopped = "early-stopping"
                 break
-        if time_budget is not None and time.perf_counter() - t_start >= time_budget:
-            stopped = "time-budget"
-            break
+            if time_budget is not None and time.perf_counter() - t_start >= time_budget:
+                stopped = "time-budget"
+                break
+    except (KeyboardInterrupt, _Stop) as err:
+        if not history:
+            if isinstance(err, _Stop):
+                raise KeyboardInterrupt from None
+            raise
+        stopped = "interrupted" if isinstance(err, KeyboardInterrupt) else "stopped"
+        if best_state is None and last_state is not None:
+            model.load_state_dict(last_state)  # the last complete epoch, not a partial one
     if best_state is not None:
         model.load_state_dict(best_state)
     else:

@@ -13,13 +13,20 @@ from xfusion.testing._scenes import (
     synthetic_cube,
     synthetic_scene,
 )
-from xfusion.testing._series import SERIES_CLASSES, simulate_gaps, synthetic_series
+from xfusion.testing._series import (
+    LANDSCAPES,
+    SERIES_CLASSES,
+    realistic_series,
+    simulate_gaps,
+    synthetic_series,
+)
 from xfusion.testing._server import Fault, LoopbackServer, serve_directory, serve_stac_api
 from xfusion.testing._stac import StacCatalog, item_template, write_stac_catalog, write_stac_items
 
 __all__ = [
     "Fault",
     "LANDCOVER_CLASSES",
+    "LANDSCAPES",
     "LoopbackServer",
     "PCCatalog",
     "PCScene",
@@ -29,6 +36,7 @@ __all__ = [
     "assert_lazy",
     "item_template",
     "raise_if_dask_computes",
+    "realistic_series",
     "serve_directory",
     "serve_stac_api",
     "simulate_gaps",

@@ -23,7 +23,7 @@ import xarray as xr
 
 from xfusion.errors import InvalidParameterError
 
-__all__ = ["SERIES_CLASSES", "simulate_gaps", "synthetic_series"]
+__all__ = ["LANDSCAPES", "SERIES_CLASSES", "realistic_series", "simulate_gaps", "synthetic_series"]
 
 SERIES_CLASSES: tuple[str, ...] = (
     "water", "urban", "forest", "grassland", "summer_crop", "winter_crop",
@@ -433,3 +433,237 @@ def simulate_gaps(
     h.name = f"{values.name}_hidden" if values.name is not None else "hidden"
     h.attrs = {"long_name": "observed values hidden by simulate_gaps"}
     return g, h
+
+
+# --------------------------------------------------------------------------------------------
+# a realistic gap-filling benchmark scene
+
+LANDSCAPES: dict[str, tuple[float, ...]] = {
+    "mixed": (0.03, 0.04, 0.18, 0.25, 0.28, 0.22),
+    "crops": (0.0, 0.02, 0.05, 0.13, 0.45, 0.35),
+    "grass": (0.0, 0.02, 0.10, 0.70, 0.10, 0.08),
+    "forest": (0.02, 0.02, 0.70, 0.16, 0.05, 0.05),
+    "flat": (0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+}
+"""Class shares (in :data:`SERIES_CLASSES` order) of :func:`realistic_series` landscapes;
+``"flat"``: constant NDVI per field (no phenology) with noise, SAR changing only with soil
+moisture and speckle."""
+
+
+def _cloud_mask(rng: np.random.Generator, doy: np.ndarray, shape: tuple[int, int], *,
+                missing: float, overcast: tuple[float, float], overcast_start: tuple[float, float],
+                spell_max: int) -> np.ndarray:
+    """Clouds (T, ny, nx): one winter overcast plus spatially patchy spells of 1..spell_max
+    steps, added until about ``missing`` of the pixel-steps are covered."""
+    nt = doy.size
+    ny, nx = shape
+    cloud = np.zeros((nt, ny, nx), dtype=bool)
+    start = rng.uniform(*overcast_start)
+    length = rng.uniform(*overcast)
+    cloud[(doy >= start) & (doy < start + length)] = True
+    # spells: a smooth field thresholded to a coverage, for 1..spell_max steps (geometric
+    # lengths, mean about 3); more often in the cold half of the year
+    for _ in range(10 * nt):
+        if cloud.mean() >= missing:
+            break
+        w = 1.0 + 0.6 * np.cos(2 * np.pi * (doy - 15) / 365.25)
+        t = int(rng.choice(nt, p=w / w.sum()))
+        dur = min(int(rng.geometric(0.3)), spell_max)
+        cover = rng.uniform(0.15, 1.0)
+        f = _smooth_field(rng, (ny, nx), rng.uniform(3.0, 10.0))
+        patch = f > np.quantile(f, 1 - cover) if cover < 1 else np.ones((ny, nx), bool)
+        cloud[t:t + dur] |= patch[None]
+    return cloud
+
+
+def realistic_series(
+    shape: tuple[int, int] = (64, 64),
+    *,
+    landscape: str = "mixed",
+    start_year: int = 2021,
+    days: int = 5,
+    missing: float = 1 / 3,
+    overcast: tuple[float, float] = (45.0, 55.0),
+    overcast_start: tuple[float, float] = (8.0, 40.0),
+    spell_max: int = 12,
+    noise: float = 0.012,
+    contamination: float = 0.01,
+    s1_revisit: int = 6,
+    looks: float = 4.4,
+    field_size: float = 10.0,
+    crs: Any = "EPSG:32633",
+    resolution: float = 10.0,
+    seed: int = 0,
+    chunks: Any = None,
+) -> xr.Dataset:
+    """A realistic one-year NDVI + SAR composite series to benchmark gap filling.
+
+    Fields (Voronoi cells) of the :data:`SERIES_CLASSES` in the shares of ``landscape``: crops
+    with sowing, green-up, senescence and harvest (summer and winter crops, cover crops),
+    grassland mown two or three times (NDVI and biomass drop and regrow), forest with a
+    seasonal canopy; the vegetation model of :func:`synthetic_series`. One Sentinel-2
+    acquisition per ``days``-day composite (so the composite is the acquisition), with
+    Gaussian noise ``noise`` and a share ``contamination`` of observations darkened by
+    undetected thin clouds or shadows. Clouds: one winter overcast of ``overcast`` days
+    starting between the days of year ``overcast_start`` (the whole scene), plus spatially
+    patchy spells of 1..``spell_max`` composites, until about ``missing`` of all pixel-steps
+    are missing. Sentinel-1 every ``s1_revisit`` days: VH and VV in dB tied to the biomass,
+    soil moisture after rain and a per-field roughness, with gamma speckle of ``looks`` looks;
+    composites are means of the linear backscatter (NaN where no acquisition fell in a
+    period), features ``vh_db`` and ``rvi = 4 VH / (VV + VH)``.
+
+    Parameters
+    ----------
+    shape : tuple of int, default (64, 64)
+        ``(ny, nx)``.
+    landscape : {"mixed", "crops", "grass", "forest", "flat"}, default "mixed"
+        Land-cover shares (:data:`LANDSCAPES`); ``"flat"``: constant NDVI per field plus noise.
+    start_year : int, default 2021
+        The calendar year simulated (a non-leap year gives 73 five-day composites).
+    days : int, default 5
+        Composite period (and Sentinel-2 revisit).
+    missing : float, default 1/3
+        Target share of missing pixel-steps (overcast included).
+    overcast, overcast_start : tuple of float
+        Length range (days) and start range (day of year) of the winter overcast.
+    spell_max : int, default 12
+        Longest cloud spell in composites.
+    noise, contamination : float
+        NDVI noise standard deviation; share of contaminated observations.
+    s1_revisit, looks : int, float
+        Sentinel-1 revisit (days) and equivalent number of looks.
+    field_size : float, default 10.0
+        Mean field size in pixels.
+    crs, resolution
+        Grid.
+    seed : int, default 0
+        Seed of every random draw.
+    chunks : tuple of int, optional
+        Spatial chunks: dask-backed output (time in one chunk).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ndvi`` (NaN = cloudy), ``ndvi_true`` (noise-free NDVI of the acquisition),
+        ``vh_db``, ``rvi``; coordinates ``landcover`` and ``spatial_ref``.
+
+    Raises
+    ------
+    InvalidParameterError
+        Unknown landscape or out-of-range arguments.
+
+    Examples
+    --------
+    >>> from xfusion.testing import realistic_series
+    >>> ds = realistic_series((16, 16), seed=1)
+    >>> ds.sizes["time"], round(float(ds.ndvi.isnull().mean()), 1)
+    (73, 0.3)
+    """
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    from xfusion.cube.build import from_numpy
+
+    if landscape not in LANDSCAPES:
+        raise InvalidParameterError(
+            f"realistic_series(): landscape={landscape!r} is not one of {list(LANDSCAPES)}.")
+    ny, nx = (int(v) for v in shape)
+    checks = [
+        (ny >= 1 and nx >= 1, f"shape={shape!r} must hold two positive sizes"),
+        (0.0 <= missing < 0.9, f"missing={missing!r} must be in [0, 0.9)"),
+        (int(days) >= 1 and int(s1_revisit) >= 1, "days and s1_revisit must be >= 1"),
+        (noise >= 0 and 0 <= contamination < 1, "noise >= 0 and contamination in [0, 1)"),
+        (looks > 0 and int(spell_max) >= 1, "looks > 0 and spell_max >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise InvalidParameterError(f"realistic_series(): {msg}.")
+    rng = np.random.default_rng(seed)
+    t0 = np.datetime64(f"{int(start_year):04d}-01-01", "ns")
+    t1 = np.datetime64(f"{int(start_year) + 1:04d}-01-01", "ns")
+    step = np.timedelta64(int(days), "D")
+    periods = t0 + np.arange(int((t1 - t0) / step)) * step
+    nt = periods.size
+    field = _fields(rng, (ny, nx), field_size)
+    nf = int(field.max()) + 1
+    flat = landscape == "flat"
+    share = np.asarray(LANDSCAPES["mixed" if flat else landscape])
+    cls = rng.choice(6, size=nf, p=share / share.sum())[field]
+    params = _Params(rng, field, nf)
+    static = _smooth_field(rng, (ny, nx), 2.0)
+    sar_tex = 0.3 * rng.standard_normal((ny, nx)) + rng.normal(0, 0.7, nf)[field]
+
+    # ---- optical: one acquisition per period
+    t_acq = periods + np.timedelta64(int(rng.integers(0, int(days))), "D") + np.timedelta64(10, "h")
+    doy2, _ = _doy_year(t_acq, int(start_year))
+    if flat:
+        level = rng.uniform(0.25, 0.85, nf)[field] + 0.02 * static
+        ndvi_t = np.broadcast_to(level, (nt, ny, nx)).copy()
+        cls = np.full((ny, nx), _GRASS)
+    else:
+        ndvi_t, _ = _vegetation(cls, params, doy2)
+        ndvi_t = np.where(cls != _WATER, np.clip(ndvi_t + 0.03 * static, -0.2, 0.95), ndvi_t)
+
+    def bio_of(d: np.ndarray) -> np.ndarray:
+        if flat:
+            return np.broadcast_to(0.8 * level, (d.size, ny, nx))
+        return _vegetation(cls, params, d)[1]
+    cloud = _cloud_mask(rng, doy2, (ny, nx), missing=float(missing), overcast=overcast,
+                        overcast_start=overcast_start, spell_max=int(spell_max))
+    obs = ndvi_t + noise * rng.standard_normal(ndvi_t.shape)
+    dirty = rng.random(ndvi_t.shape) < contamination
+    obs = np.where(dirty, obs - rng.uniform(0.03, 0.15, ndvi_t.shape), obs)
+    ndvi = np.where(cloud, np.nan, obs)
+
+    # ---- SAR acquisitions, composited as means of linear backscatter
+    off = np.timedelta64(int(rng.integers(0, int(s1_revisit))), "D")
+    ts1 = np.arange(t0 + off, t1, np.timedelta64(int(s1_revisit), "D")) + np.timedelta64(17, "h")
+    doy1, _ = _doy_year(ts1, int(start_year))
+    bio = np.asarray(bio_of(doy1))
+    ndays = int((t1 - t0) / np.timedelta64(1, "D"))
+    rain = np.where(rng.random(ndays) < 0.12, rng.uniform(0.3, 1.0, ndays), 0.0)
+    wet = np.zeros(ndays)
+    for d in range(ndays):
+        wet[d] = min(1.5, (wet[d - 1] * np.exp(-1 / 4) if d else 0.0) + rain[d])
+    day1 = ((ts1 - t0) / np.timedelta64(1, "D")).astype(int)
+    soil = wet[day1][:, None, None] * (1 - 0.7 * np.minimum(bio, 1.0))
+    water = cls == _WATER
+    wind = rng.normal(0, 1, ts1.size)[:, None, None]
+    vh_db = _VH0[cls] + _VHG[cls] * bio + _SMH[cls] * soil + sar_tex + np.where(water, wind, 0)
+    vv_db = (_VV0[cls] + _VVG[cls] * bio + _SMV[cls] * soil + sar_tex
+             + np.where(water, 2 * wind, 0))
+    speck = rng.gamma(looks, 1.0 / looks, (2, *vh_db.shape))
+    vh = 10 ** (vh_db / 10) * speck[0]
+    vv = 10 ** (vv_db / 10) * speck[1]
+    k = ((ts1 - t0) // step).astype(int)
+    vh_c = np.full((nt, ny, nx), np.nan)
+    vv_c = np.full((nt, ny, nx), np.nan)
+    for i in range(nt):
+        sel = k == i
+        if sel.any():
+            vh_c[i] = vh[sel].mean(axis=0)
+            vv_c[i] = vv[sel].mean(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vhdb_c = 10 * np.log10(vh_c)
+        rvi_c = 4 * vh_c / (vv_c + vh_c)
+
+    gbox = GeoBox((ny, nx), Affine(resolution, 0.0, 500000.0, 0.0, -resolution, 5100000.0), crs)
+    f32 = np.float32
+    out = from_numpy({"ndvi": ndvi.astype(f32), "ndvi_true": ndvi_t.astype(f32),
+                      "vh_db": vhdb_c.astype(f32), "rvi": rvi_c.astype(f32)},
+                     geobox=gbox, times=periods)
+    lc = xr.DataArray(cls.astype(np.int8), dims=out.odc.spatial_dims, attrs={
+        "long_name": "land-cover class", "flag_values": list(range(len(SERIES_CLASSES))),
+        "flag_meanings": " ".join(SERIES_CLASSES)})
+    out = out.assign_coords(landcover=lc)
+    for v in out.data_vars.values():
+        v.attrs.pop("units", None)
+    out["ndvi"].attrs.update(long_name=f"{days}-day NDVI composite (NaN = cloudy)")
+    out["ndvi_true"].attrs.update(long_name="noise-free NDVI")
+    out["vh_db"].attrs.update(long_name="VH backscatter", units="dB")
+    out["rvi"].attrs.update(long_name="radar vegetation index 4 VH / (VV + VH)")
+    out.attrs = {"generator": "xfusion.testing.realistic_series", "seed": int(seed),
+                 "landscape": landscape}
+    if chunks is not None:
+        out = out.chunk({"time": -1, **dict(zip(out.odc.spatial_dims, chunks, strict=True))})
+    return out
