@@ -27,7 +27,14 @@ Measured side by side in one run on this machine:
 ``"xfusion-v2"`` (coarse-context branch, smoothed coarse change with a per-pixel gain) is
 measured next to ``"xfusion-v1"`` in every part (rows ``sttfn-v2 ...``).
 
-Usage: ``python benchmarks/bench_sttfn.py [--quick] [--parts synthetic --seeds 3,4,5
+* **The default configuration** (part ``default``; what ``sttfn(ds, fine=..., coarse=...)``
+  and ``xfusion fuse sttfn`` do with no options, ``variant="xfusion"``): RMSE/SSIM on the
+  held-out synthetic seeds 3-7 and Kranj next to STARFM (``lst`` preset, same pairs; ``usda``
+  on Kranj's reflectance) and the untrained guess (``epochs=0``), training seconds, the
+  calibration of ``<var>_std`` (Spearman rho vs |error|, share within 1 and 2 std), and the
+  training time vs accuracy on one 512² triplet with the load average.
+
+Usage: ``python benchmarks/bench_sttfn.py [--quick] [--parts default --seeds 3,4,5,6,7
 --size 256 --no-general]``; ``run(quick)`` returns the rows for
 ``benchmarks/run.py``.
 """
@@ -372,9 +379,171 @@ def kranj_accuracy(data: Path = KRANJ, epochs: int = 20) -> list[dict[str, Any]]
 
 
 # --------------------------------------------------------------------------------------------
+# the default configuration (what `sttfn(ds, fine=..., coarse=...)` and `xfusion fuse sttfn` do)
 
 
-PARTS = ("inference", "training", "synthetic", "kranj")
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra = np.argsort(np.argsort(a)).astype(np.float64)
+    rb = np.argsort(np.argsort(b)).astype(np.float64)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _calibration(std: np.ndarray, err: np.ndarray) -> dict[str, float]:
+    """Spearman rho of the predicted spread vs |error|, share of errors within 1 and 2 std."""
+    ok = np.isfinite(std) & np.isfinite(err)
+    s, e = std[ok].astype(np.float64), np.abs(err[ok]).astype(np.float64)
+    return {"rho": _spearman(s, e), "within_1std": float(np.mean(e <= s)),
+            "within_2std": float(np.mean(e <= 2 * s))}
+
+
+def _train_seconds(out) -> float:
+    rec = json.loads(out.attrs["xfusion_sttfn"])
+    return float(sum(t["seconds"] for t in rec.get("triplets", [])))
+
+
+def default_accuracy(seeds=(3, 4, 5, 6, 7), size: int = 256, cloud_fraction: float = 0.0,
+                     paper: bool = False) -> list[dict[str, Any]]:
+    """The DEFAULT STTFN (no options) vs STARFM (``lst`` preset, same bracketing pairs) on
+    synthetic LST scenes: RMSE/SSIM per seed, training seconds, and the calibration of the
+    spread ``<var>_std`` (``diagnostics=True``); optionally ``variant="paper"`` too."""
+    import xfusion
+    from xfusion.testing import synthetic_scene
+
+    rows = []
+    for seed in seeds:
+        s = synthetic_scene((size, size), seed=seed, times=8, fine_times=[0, 4, 7],
+                            cloud_fraction=cloud_fraction)
+        truth = s["truth"]
+        kw = {"fine": "fine", "coarse": "coarse"}
+        preds = {"starfm": xfusion.starfm(s, preset="lst", pairs="bracket", **kw).compute()}
+        t0 = time.perf_counter()
+        out = s.fusion.sttfn(diagnostics=True, progress=False, **kw).compute()
+        t_default = time.perf_counter() - t0
+        preds["sttfn default"] = out
+        preds["sttfn default untrained"] = s.fusion.sttfn(epochs=0, progress=False,
+                                                          **kw).compute()
+        if paper:
+            preds["sttfn paper"] = s.fusion.sttfn(variant="paper", progress=False,
+                                                  **kw).compute()
+        targets = preds["starfm"].time.values
+        row: dict[str, Any] = {"benchmark": "sttfn_default_synthetic_lst", "seed": seed,
+                               "size": size, "cloud_fraction": cloud_fraction,
+                               "targets": len(targets), "seconds_default": t_default,
+                               "train_seconds_default": _train_seconds(out)}  # fmt: skip
+        for name, p in preds.items():
+            r, q = [], []
+            for t in targets:
+                ref = truth.sel(time=t)
+                ok = np.isfinite(ref.values) & np.isfinite(p.fine.sel(time=t).values)
+                r.append(_rmse(p.fine.sel(time=t).values[ok], ref.values[ok]))
+                q.append(_ssim(p.fine.sel(time=t).where(ok), ref.where(ok)))
+            row[f"rmse_{name}"] = float(np.sqrt(np.mean(np.square(r))))
+            row[f"ssim_{name}"] = float(np.mean(q))
+            if name != "starfm":
+                row[f"ratio_{name}"] = row[f"rmse_{name}"] / row["rmse_starfm"]
+        err = out.fine.values - truth.sel(time=targets).values
+        row.update({f"std_{k}": v for k, v in _calibration(out.fine_std.values, err).items()})
+        rows.append(row)
+    summary: dict[str, Any] = {"benchmark": "sttfn_default_synthetic_lst", "seed": "mean",
+                               "size": size, "cloud_fraction": cloud_fraction}  # fmt: skip
+    for key in rows[0]:
+        if key.startswith(("rmse_", "ssim_", "ratio_", "std_", "seconds", "train_seconds")):
+            summary[key] = float(np.mean([r[key] for r in rows]))
+    summary["seeds_at_or_below_0.85"] = int(sum(r["ratio_sttfn default"] <= 0.85 for r in rows))
+    return [*rows, summary]
+
+
+def default_training_time(size: int = 512, budgets=(None, 12)) -> list[dict[str, Any]]:
+    """Training seconds of the default configuration on one ``size``² triplet (one target
+    halfway), for the default budget and larger ``epochs=``, with the RMSE against the truth
+    and the machine's load average."""
+    import xfusion
+    from xfusion.testing import synthetic_scene
+
+    s = synthetic_scene((size, size), seed=11, times=3, fine_times=[0, 2],
+                        cloud_fraction=0.0)
+    truth = s.truth.isel(time=[1]).values
+    starfm = xfusion.starfm(s, preset="lst", pairs="bracket", fine="fine", coarse="coarse")
+    r_starfm = _rmse(starfm.fine.values, truth)
+    rows = []
+    for epochs in (0, *budgets):
+        load = os.getloadavg()[0]
+        out = s.fusion.sttfn(fine="fine", coarse="coarse", progress=False,
+                             **({} if epochs is None else {"epochs": epochs}))
+        rec = json.loads(out.attrs["xfusion_sttfn"])["triplets"][0]
+        rows.append({"benchmark": "sttfn_default_training_time", "size": size,
+                     "epochs": "default" if epochs is None else epochs,
+                     "train_seconds": rec["seconds"],
+                     "epochs_run": [m["epochs_run"] for m in rec["metrics"].values()],
+                     "best_epoch": [m["best_epoch"] for m in rec["metrics"].values()],
+                     "rmse": _rmse(out.fine.values, truth), "rmse_starfm": r_starfm,
+                     "load_1min_before": load, "load_1min_after": os.getloadavg()[0],
+                     "torch_threads": __import__("torch").get_num_threads()})  # fmt: skip
+    return rows
+
+
+def kranj_default(data: Path = KRANJ, paper: bool = False) -> list[dict[str, Any]]:
+    """Kranj (pairs DOY 068/093, predict 077, six bands): the default STTFN (and optionally
+    the paper variant) vs STARFM (both pairs, ``usda`` preset with a 600 m search distance:
+    the image is 44 x 45 px; the ``lst`` preset's valid range is kelvin, so it returns NaN on
+    reflectance), mean RMSE/SSIM over bands."""
+    import xfusion
+    from xfusion.cube import from_geotiffs
+
+    if not data.is_dir():
+        return [{"benchmark": "sttfn_default_kranj", "skipped": f"no data at {data}"}]
+
+    def landsat(doy: str) -> str:
+        return glob.glob(str(data / "landsat" / "unfilled" / f"2020{doy}_*.tif"))[0]
+
+    def modis(doy: str) -> str:
+        return glob.glob(str(data / "modis" / "filled" / f"2020{doy}_*.tif"))[0]
+
+    ds = from_geotiffs(fine={_doy(d): landsat(d) for d in ("068", "093")},
+                       coarse={_doy(d): modis(d) for d in ("068", "077", "093")})  # fmt: skip
+    fine = sorted(str(v) for v in ds.data_vars if str(v).startswith("fine"))
+    coarse = sorted(str(v) for v in ds.data_vars if str(v).startswith("coarse"))
+    for c in coarse:
+        ds[c] = ds[c] * 1e4
+    truth = from_geotiffs(fine={_doy("077"): landsat("077")},
+                          coarse={_doy("077"): modis("077")})  # fmt: skip
+    target = [_doy("077")]
+    kw = {"fine": fine, "coarse": coarse, "targets": target}
+    preds = {}
+    t0 = time.perf_counter()
+    preds["sttfn default"] = ds.fusion.sttfn(progress=False, diagnostics=True, **kw).compute()
+    t_default = time.perf_counter() - t0
+    preds["sttfn default untrained"] = ds.fusion.sttfn(epochs=0, progress=False, **kw)
+    if paper:
+        preds["sttfn paper"] = ds.fusion.sttfn(variant="paper", progress=False, **kw)
+    preds["starfm usda 600 m"] = xfusion.starfm(ds, pairs="bracket", preset="usda",
+                                                max_search_distance=600, **kw)
+    t = np.datetime64(target[0])
+    rows = []
+    for name, p in preds.items():
+        row: dict[str, Any] = {"benchmark": "sttfn_default_kranj", "method": name}
+        r, q = [], []
+        for f in fine:
+            ref = truth[f].sel(time=t)
+            v = p[f].sel(time=t)
+            ok = np.isfinite(ref.values) & np.isfinite(v.values)
+            r.append(_rmse(v.values[ok], ref.values[ok]))
+            q.append(_ssim(v.where(ok), ref.where(ok)))
+        row.update(rmse_mean=float(np.mean(r)), ssim_mean=float(np.mean(q)))
+        if name == "sttfn default":
+            row["seconds"] = t_default
+            errs = np.concatenate([(p[f].sel(time=t) - truth[f].sel(time=t)).values.ravel()
+                                   for f in fine])
+            stds = np.concatenate([p[f"{f}_std"].sel(time=t).values.ravel() for f in fine])
+            row.update({f"std_{k}": v for k, v in _calibration(stds, errs).items()})
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+
+
+PARTS = ("inference", "training", "synthetic", "kranj", "default")
 
 
 def run(quick: bool = False, parts: tuple[str, ...] = PARTS, seeds: tuple[int, ...] | None = None,
@@ -395,6 +564,12 @@ def run(quick: bool = False, parts: tuple[str, ...] = PARTS, seeds: tuple[int, .
         )  # fmt: skip
     if "kranj" in parts:
         rows += kranj_accuracy(epochs=5 if quick else 20)
+    if "default" in parts:
+        rows += default_accuracy(seeds=seeds or ((3,) if quick else (3, 4, 5, 6, 7)),
+                                 size=size or (128 if quick else 256))
+        rows += kranj_default()
+        rows += default_training_time(size=256 if quick else 512,
+                                      budgets=(None,) if quick else (None, 12))
     return rows
 
 

@@ -85,9 +85,12 @@ def test_job_halos_come_from_the_registry():
     from xfusion.models import build_model
 
     sttfn = get("sttfn")
-    assert sttfn.job_halo({}, resolution=30.0) == build_model("xfusion-v1", 1).halo + 3
-    assert sttfn.job_halo({"arch": "xfusion-v2"}, resolution=30.0) == \
-        build_model("xfusion-v2", 1).halo + 3
+    # the default variant ("xfusion") uses xfusion-v2 nets, variant="paper" xfusion-v1
+    assert sttfn.job_halo({}, resolution=30.0) == build_model("xfusion-v2", 1).halo + 3
+    assert sttfn.job_halo({"variant": "paper"}, resolution=30.0) == \
+        build_model("xfusion-v1", 1).halo + 3
+    assert sttfn.job_halo({"arch": "xfusion-v1"}, resolution=30.0) == \
+        build_model("xfusion-v1", 1).halo + 3
     from xfusion.jobs.runner import _margin
 
     job = xfusion.Job(method="starfm", store="x.zarr", time=("2020-01-01", "2020-02-01"),

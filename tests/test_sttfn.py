@@ -144,8 +144,8 @@ def saved_weights(tmp_path_factory):
 
 def test_untrained_nets_give_stc_of_fine_plus_change(backend):
     s = _scene(36, chunks=16 if backend == "dask" else None)
-    out = sttfn(s, fine="fine", coarse="coarse", epochs=0, patches=4, patch_size=16,
-                arch_params=TINY, diagnostics=True)
+    out = sttfn(s, fine="fine", coarse="coarse", variant="paper", epochs=0, patches=4,
+                patch_size=16, arch_params=TINY, diagnostics=True)
     assert str(out.pair_time.values[0])[:10] == "2021-04-03"
     assert str(out.pair_time_after.values[0])[:10] == "2021-05-05"
     v = {k: np.asarray(s[k].values, np.float64) for k in ("fine", "coarse")}
@@ -243,14 +243,14 @@ def test_multiband_and_coarse_scale_weighting():
                         fine_times=[0, 2], cloud_fraction=0.0, coarse_cloud_fraction=0.0,
                         coarse_factor=8)
     fine, coarse = ["fine_red", "fine_nir"], ["coarse_red", "coarse_nir"]
-    out = sttfn(s, fine=fine, coarse=coarse, **FAST)
+    out = sttfn(s, fine=fine, coarse=coarse, variant="paper", **FAST)
     assert set(out.data_vars) == set(fine)
-    c = sttfn(s, fine=fine, coarse=coarse, stc_scale="coarse", **FAST)
+    c = sttfn(s, fine=fine, coarse=coarse, variant="paper", stc_scale="coarse", **FAST)
     assert np.isfinite(c.fine_nir.values).all()
     assert not np.allclose(c.fine_nir.values, out.fine_nir.values)
     with pytest.raises(InvalidParameterError, match="coarse pixel size in fine pixels"):
-        sttfn(s.assign_attrs(coarse_factor=None), fine=fine, coarse=coarse, stc_scale="coarse",
-              **FAST)
+        sttfn(s.assign_attrs(coarse_factor=None), fine=fine, coarse=coarse, variant="paper",
+              stc_scale="coarse", **FAST)
 
 
 def test_save_per_triplet_weights_and_reuse(tmp_path):
@@ -345,7 +345,7 @@ def test_cli_fuse_sttfn_multiband_and_weights(tmp_path, saved_weights):
     assert pred.shape == (2, 40, 40) and np.isfinite(pred.values).all()
     # untrained nets combined by temporal distance: the target is halfway, so equal weights
     rc = main([*args, "--target", days[1], "--out", str(tmp_path / "t.tif"), "--param",
-               "epochs=0", "--param", "combine=time", "--param", "target_offset=0"])
+               "epochs=0", "--param", "variant=paper", "--param", "combine=time"])
     assert rc == 0
     half = (s.fine_nir[0] + s.fine_nir[2]) / 2 + s.coarse_nir[1] - (s.coarse_nir[0]
                                                                     + s.coarse_nir[2]) / 2

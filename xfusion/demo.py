@@ -57,7 +57,8 @@ def _sttfn(cube: xr.Dataset) -> dict[str, xr.Dataset]:
     from xfusion.cube import get_geobox
 
     patch = max(16, min(48, min(get_geobox(cube).shape) // 4))
-    out = sttfn(cube, fine="fine", coarse="coarse", epochs=6, patches=64, patch_size=patch,
+    out = sttfn(cube, fine="fine", coarse="coarse", variant="paper", epochs=6, patches=64,
+                patch_size=patch,
                 min_valid=0.3, arch_params={"sr_width": 32, "feat": 16, "width": 32}, seed=0,
                 tile=256, diagnostics=True)
     # the same two predictions combined by temporal distance (combine="time"), lazily:

@@ -11,6 +11,11 @@ For each target date ``t2`` with fine/coarse pairs at ``t1 < t2 < t3``:
   the paper's), or, as xfusion extensions, by temporal distance (``combine="time"``) or by
   both (``combine="stc-time"``).
 
+``variant="paper"`` is that description with the spec's reconstructed net (``"xfusion-v1"``)
+and STC; the default ``variant="xfusion"`` (chosen by measurement against STARFM, see
+``benchmarks/README.md``) uses ``"xfusion-v2"`` nets that start from the fine image plus the
+smoothed coarse change and learn a gain on it, a short training, and ``combine="time"``.
+
 Training happens when :func:`sttfn` is called (it reads patches of the two reference pairs;
 per-triplet regime, the paper's) unless ``weights=`` names a checkpoint trained beforehand by
 :func:`train_sttfn` on many triplets and regions (general regime, applied without
@@ -67,7 +72,7 @@ from xfusion.training.sttfn import (
     train_sttfn,
 )
 
-__all__ = ["COMBINE", "STC_SCALES", "SttfnTrainOptions", "TrainedSttfn", "stc_weighting", "sttfn",
+__all__ = ["COMBINE", "STC_SCALES", "VARIANTS", "SttfnTrainOptions", "TrainedSttfn", "stc_weighting", "sttfn",
            "train_sttfn"]
 
 NAME = "sttfn"
@@ -83,6 +88,33 @@ distance only, ``w_1 = (t3 - t2) / (t3 - t1)``, the prediction from the nearer p
 more. ``"stc-time"`` (xfusion extension): the STC residuals multiplied by each prediction's
 temporal distance, ``w_1 = (1 / (r_1 dt_1)) / (1 / (r_1 dt_1) + 1 / (r_3 dt_3))``."""
 
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "xfusion": {
+        "arch": "xfusion-v2",
+        "arch_params": {"offset": False},
+        "combine": "time",
+        "stc_scale": "fine",
+        "train": {"epochs": 4, "patches": 8, "patch_size": 96, "batch_size": 4,
+                  "patience": 2, "lr": 1e-3, "temporal_mix": 1.0, "target_offset": 0.3},
+    },
+    "paper": {
+        "arch": "xfusion-v1",
+        "arch_params": {},
+        "combine": "stc",
+        "stc_scale": "fine",
+        "train": {"epochs": 30, "patches": 128, "patch_size": 48, "batch_size": 16,
+                  "patience": 8, "lr": 1e-3, "temporal_mix": 0.0, "target_offset": 0.0},
+    },
+}
+"""Complete configurations selected by ``sttfn(variant=...)``; any option passed explicitly
+overrides the variant's value. ``"xfusion"`` (the default, chosen by measurement, see
+:func:`sttfn` Notes): ``"xfusion-v2"`` nets whose untrained guess is the fine image plus the
+smoothed coarse change and whose learned correction is a gain on that change, combined by
+temporal distance, with a short training (the untrained guess is kept when training does not
+improve the held-out strip). ``"paper"``: the spec's reconstruction of Yin et al. (2021),
+``"xfusion-v1"`` nets trained on the two reference pairs only, combined by the fine-scale
+spatiotemporal-consistency weighting."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,6 +199,25 @@ def _weight_block(p1: np.ndarray, p3: np.ndarray, m2: np.ndarray, q: np.ndarray 
     w1 = np.where(np.isnan(p1), 0.0, np.where(np.isnan(p3), 1.0, w1))
     w1[np.isnan(p1) & np.isnan(p3)] = np.nan
     return w1.astype(np.float32)
+
+
+_STD_LONG_NAME = ("spread of the forward and backward predictions, 2 sqrt(w (1 - w)) "
+                  "|forward - backward| (an uncertainty indicator)")
+STD_SCALE = 2.0
+"""Factor of ``<var>_std`` over the two-point spread ``sqrt(w (1 - w)) |P_1 - P_3|``: fit on
+the synthetic LST seeds 0-2 (the errors have heavy tails; with 1, 83 % of them fell within
+±2 std, with 2, 93 %); the calibration on held-out scenes is in ``benchmarks/README.md``."""
+
+
+def _std_block(p1: np.ndarray, p3: np.ndarray, m2: np.ndarray, q: np.ndarray | None = None,
+               *, eps: float, factor: int | None, residuals: bool = True) -> np.ndarray:
+    """Spread of the two predictions: ``STD_SCALE sqrt(w (1 - w)) |P_1 - P_3|``, the standard
+    deviation of the two-point distribution with the combination's weights, scaled (NaN where
+    either prediction is)."""
+    w1 = _weight_block(p1, p3, m2, q, eps=eps, factor=factor, residuals=residuals)
+    with np.errstate(invalid="ignore"):
+        sd = STD_SCALE * np.sqrt(np.clip(w1 * (1.0 - w1), 0.0, None)) * np.abs(p1 - p3)
+    return sd.astype(np.float32)
 
 
 def _stc_block(p1: np.ndarray, p3: np.ndarray, m2: np.ndarray, q: np.ndarray | None = None,
@@ -307,6 +358,7 @@ def sttfn(
     coarse: str | Sequence[str],
     targets: Any = None,
     pairs: Literal["bracket"] | Any = "bracket",
+    variant: Literal["xfusion", "paper"] = "xfusion",
     weights: str | os.PathLike[str] | None = None,
     arch: str | None = None,
     arch_params: Mapping[str, Any] | None = None,
@@ -316,15 +368,15 @@ def sttfn(
     batch_size: int | None = None,
     lr: float | None = None,
     val_fraction: float | None = None,
-    patience: int | None = None,
+    patience: int | Literal["auto"] | None = "auto",
     min_valid: float | None = None,
     augment: bool | None = None,
     temporal_mix: float | None = None,
     loss: str | None = None,
     target_offset: float | None = None,
     seed: int = 0,
-    combine: Literal["stc", "time", "stc-time"] = "stc",
-    stc_scale: Literal["fine", "coarse"] = "fine",
+    combine: Literal["stc", "time", "stc-time"] | None = None,
+    stc_scale: Literal["fine", "coarse"] | None = None,
     coarse_factor: int | None = None,
     stc_eps: float = 1e-3,
     device: str = "auto",
@@ -362,13 +414,25 @@ def sttfn(
     pairs : "bracket" or (date, date) or sequence of (date, date)
         ``"bracket"``: the nearest pair before and after each target; or explicit
         ``(t1, t3)`` dates for all targets or one tuple per target.
+    variant : {"xfusion", "paper"}
+        A complete configuration (:data:`VARIANTS`); options passed explicitly override it.
+        ``"xfusion"`` (default, chosen by measurement, see Notes): ``"xfusion-v2"`` nets
+        whose untrained guess is the fine image plus the smoothed coarse change and whose
+        learned correction is a per-pixel gain on that change (``offset=False``), a short
+        training (4 epochs of 8 random 96 px patches, batch 4, patience 2; the untrained
+        guess is kept when training does not improve the held-out strip), combined by
+        temporal distance (``combine="time"``). ``"paper"``: the spec's reconstruction of
+        Yin et al. (2021): ``"xfusion-v1"`` nets trained on the reference pairs only
+        (``temporal_mix=0``, ``target_offset=0``; 30 epochs of 128 patches of 48 px),
+        combined by the fine-scale STC weighting (``combine="stc"``).
     weights : path or str, optional
         A checkpoint (``.safetensors`` saved by :func:`train_sttfn` or ``save=``) or the name
         of registered weights (:mod:`xfusion.models`); no training then. Its bands, units and
         architecture must match the cube.
     arch : str, optional
-        Architecture from :func:`xfusion.models.list_architectures` (default
-        ``"xfusion-v1"``, the spec's reconstruction; with ``weights``: the checkpoint's).
+        Architecture from :func:`xfusion.models.list_architectures` (default: the
+        variant's, ``"xfusion-v2"`` or, with ``variant="paper"``, ``"xfusion-v1"``, the
+        spec's reconstruction; with ``weights``: the checkpoint's).
         ``"xfusion-v2"`` (an xfusion design) adds a coarse-context branch wider than a coarse
         pixel and a smoothed coarse change with a per-pixel gain in the global residual (see
         :mod:`xfusion.models.sttfn`); its 95 px receptive radius wants ``patch_size`` of
@@ -379,27 +443,30 @@ def sttfn(
         ``ctx_dilations``, ``guess``, ``target_features``); defaults give the spec's
         405,025-parameter net (v1) or a 109,426-parameter net (v2).
     epochs, patch_size, patches, batch_size, lr, val_fraction, patience, min_valid
-        Training options, see :class:`SttfnTrainOptions` (defaults: 30 epochs of 128
-        random 48 px patches, batch 16, Adam lr 1e-3, 10 % of the scene held out as a strip
-        for early stopping with patience 8, patches need 50 % observed pixels in every
-        input).
+        Training options, see :class:`SttfnTrainOptions` (defaults: the variant's, see
+        ``variant``; ``patience="auto"`` is the variant's, ``patience=None`` never stops
+        early; Adam lr 1e-3, 10 % of the scene held out as a strip for early
+        stopping, patches need 50 % observed pixels in every input). A bigger budget is
+        one option away (``epochs=24``, ``patches=32``); ``epochs=0`` gives the untrained
+        guess.
     augment, temporal_mix, loss
         Flips/rotations (default on), the share of time-interpolated training items
-        (default 1.0, an xfusion extension; 0 is the paper's training), the loss (MSE on
+        (``"xfusion"``: 1.0, an xfusion extension; ``"paper"``: 0), the loss (MSE on
         normalised errors).
     target_offset : float, optional
         Random uniform offsets added to the target coarse and fine images of the training
-        items, in band standard deviations (default 0.3, an xfusion extension; 0 is the
-        paper's training; see :class:`SttfnTrainOptions`).
+        items, in band standard deviations (``"xfusion"``: 0.3, an xfusion extension;
+        ``"paper"``: 0; see :class:`SttfnTrainOptions`).
     seed : int
         Seed of everything random in training (same seed, same inputs → same result on the
         same device).
-    combine : {"stc", "time", "stc-time"}
-        How the forward and backward predictions are combined: ``"stc"`` (default, the
-        paper's) the spatiotemporal-consistency weighting at ``stc_scale``; ``"time"`` by
-        temporal distance, ``w_1 = (t3 - t2) / (t3 - t1)``; ``"stc-time"`` the STC residuals
-        times the temporal distances (both xfusion extensions, see Notes).
-    stc_scale : {"fine", "coarse"}
+    combine : {"stc", "time", "stc-time"}, optional
+        How the forward and backward predictions are combined (default: the variant's):
+        ``"stc"`` (the paper's) the spatiotemporal-consistency weighting at ``stc_scale``;
+        ``"time"`` (``variant="xfusion"``) by temporal distance,
+        ``w_1 = (t3 - t2) / (t3 - t1)``; ``"stc-time"`` the STC residuals times the temporal
+        distances (both xfusion extensions, see Notes).
+    stc_scale : {"fine", "coarse"}, optional
         Residuals per fine pixel (default, as in STTFN) or per coarse cell (xfusion
         extension; needs ``coarse_factor``).
     coarse_factor : int, optional
@@ -415,14 +482,21 @@ def sttfn(
         Engine tile size (pixels) for inference.
     num_workers : int
         DataLoader workers for training.
-    progress : bool
-        Progress bars while training.
+    progress : bool, optional
+        Progress of the training, per net: epochs, training and validation loss, time left
+        (a ``tqdm.auto`` bar in Jupyter and terminals, lines on the ``xfusion.progress``
+        logger, or stderr, elsewhere); ``False`` silences it, None follows
+        :func:`xfusion.set_progress`. Ctrl-C stops the training at once and raises
+        ``KeyboardInterrupt`` (the CLI exits with status 130).
     save : path, optional
         Folder where each triplet's trained nets are saved as
         ``sttfn_<t1>_<t3>.safetensors`` (reusable with ``weights=``).
     diagnostics : bool
-        Also return ``<fine>_forward`` and ``<fine>_backward`` (the two nets' predictions)
-        and ``<fine>_weight`` (the weight of the forward prediction).
+        Also return ``<fine>_forward`` and ``<fine>_backward`` (the two nets' predictions),
+        ``<fine>_weight`` (the weight ``w`` of the forward prediction) and ``<fine>_std``,
+        the spread ``2 sqrt(w (1 - w)) |forward - backward|`` (an uncertainty indicator,
+        NaN where only one direction predicts; the factor 2, :data:`STD_SCALE`, was fit on
+        synthetic scenes; calibration in ``benchmarks/README.md``).
     engine : EngineConfig, optional
         Full engine configuration (overrides ``device``, ``precision``, ``tile`` for
         inference); NaN inputs are always passed to the nets, which handle them.
@@ -466,9 +540,16 @@ def sttfn(
     the pairs; ``combine="time"`` weights the prediction from the nearer pair more. Measured
     (``benchmarks/bench_sttfn.py``): on synthetic LST it lowered the RMSE by 13-27 % against
     ``"stc"``; on Kranj (reflectance, target 9 and 16 days from the pairs) it was 3 % worse.
-    The most accurate configuration measured on synthetic LST is ``arch="xfusion-v2",
-    combine="time"`` (mean RMSE 0.75 of STARFM's over six scenes, SSIM 0.94 vs 0.87); on
-    Kranj, ``arch="xfusion-v2"`` with the default ``"stc"``.
+
+    The default ``variant="xfusion"`` was chosen by measurement (``benchmarks/README.md``,
+    "STTFN accuracy"): with ``combine="time"`` the untrained ``"xfusion-v2"`` guess is
+    ``q L1 + (1 - q) L3 + S(M2 - q M1 - (1 - q) M3)``, the temporal interpolation of the
+    fine images plus the smoothed departure of the coarse image from its own interpolation,
+    which is what beats STARFM; the short training (a gain on the smoothed change, kept only
+    when it beats the untrained nets on the held-out strip) changes it little, and longer
+    training made it worse on the synthetic scenes (the nets learn the t1 -> t3 change, not
+    the dates between). Training time grows with ``epochs`` and ``patches``, not with the
+    scene size.
     ``"xfusion-v1"`` is xfusion's reconstruction of the paper's
     network (the layer table was not available; see :mod:`xfusion.models.sttfn`): its output
     is ``L_ref + (M_tgt - M_ref) + R``, and with the default ``init="zero-head"`` the
@@ -496,6 +577,10 @@ def sttfn(
     """
     lazy_import("torch", purpose=f"{NAME}()")
     lazy_import("safetensors", purpose=f"{NAME}()", extra="torch")
+    require_choice(variant, tuple(VARIANTS), name="variant", method=NAME)
+    var = VARIANTS[variant]
+    combine = combine if combine is not None else var["combine"]
+    stc_scale = stc_scale if stc_scale is not None else var["stc_scale"]
     require_choice(combine, COMBINE, name="combine", method=NAME)
     require_choice(stc_scale, STC_SCALES, name="stc_scale", method=NAME)
     if not (isinstance(stc_eps, (int, float)) and stc_eps > 0):
@@ -513,7 +598,7 @@ def sttfn(
             )
         factor = int(factor)
     opts = train_options(
-        epochs=epochs, patch_size=patch_size, patches=patches, batch_size=batch_size, lr=lr,
+        defaults=var["train"], epochs=epochs, patch_size=patch_size, patches=patches, batch_size=batch_size, lr=lr,
         val_fraction=val_fraction, patience=patience, min_valid=min_valid, augment=augment,
         temporal_mix=temporal_mix, loss=loss, target_offset=target_offset, seed=seed,
         device=device, precision=precision, num_workers=num_workers, progress=progress,
@@ -541,7 +626,7 @@ def sttfn(
     cfg = engine or EngineConfig(device=device, precision=precision, tile=tile)
     cfg = replace(cfg, nan_fill=float("nan"))
 
-    record: dict[str, Any] = {"combine": combine, "stc_scale": stc_scale, "stc_eps": stc_eps,
+    record: dict[str, Any] = {"variant": variant, "combine": combine, "stc_scale": stc_scale, "stc_eps": stc_eps,
                               "coarse_factor": factor, "triplets": []}  # fmt: skip
     groups: dict[tuple[int, int], list[int]] = {}
     for k in range(len(tidx)):
@@ -554,7 +639,9 @@ def sttfn(
                       training=meta.get("training", {}).get("regime"))
         nets = dict.fromkeys(groups, (f_net, b_net))
     else:
-        arch = arch or "xfusion-v1"
+        if arch is None or arch == var["arch"]:
+            arch = var["arch"]
+            arch_params = {**var["arch_params"], **dict(arch_params or {})}
         params = resolve_arch(arch, arch_params)
         record.update(regime="per-triplet", arch=arch, arch_params=params)
         nets = {}
@@ -616,11 +703,14 @@ def sttfn(
     if diagnostics:
         w = _stc(p_f, p_b, m2.astype(np.float32), eps=float(stc_eps), factor=factor,
                  prior=prior, residuals=residuals, func=_weight_block)
+        sd = _stc(p_f, p_b, m2.astype(np.float32), eps=float(stc_eps), factor=factor,
+                  prior=prior, residuals=residuals, func=_std_block)
         for b, fname in enumerate(roles.fine):
             for suffix, arr, long_name in (
                 ("forward", p_f, "STTFN forward-net prediction (from t1)"),
                 ("backward", p_b, "STTFN backward-net prediction (from t3)"),
                 ("weight", w, f"{combine} weight of the forward prediction"),
+                ("std", sd, _STD_LONG_NAME),
             ):
                 key = f"{fname}_{suffix}"
                 data[key] = arr[:, b]
@@ -718,8 +808,12 @@ def job_halo(params: Mapping[str, Any], *, resolution: float, weights: str | Non
         return int(read_metadata(weights).get("halo", 0)) + 3
     from xfusion.models.registry import build_model
 
-    arch = params.get("arch") or "xfusion-v1"
-    net = build_model(arch, 1, **dict(params.get("arch_params") or {}))
+    var = VARIANTS.get(str(params.get("variant") or "xfusion"), VARIANTS["xfusion"])
+    arch = params.get("arch") or var["arch"]
+    arch_params = dict(params.get("arch_params") or {})
+    if arch == var["arch"]:
+        arch_params = {**var["arch_params"], **arch_params}
+    net = build_model(arch, 1, **arch_params)
     return int(getattr(net, "halo", 0)) + 3
 
 

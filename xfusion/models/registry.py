@@ -188,7 +188,7 @@ BUILTIN_ARCHITECTURES: tuple[Architecture, ...] = (
         defaults={
             "sr_width": 64, "feat": 32, "width": 64, "blocks": 2, "sr_kernels": (9, 1, 5),
             "fine_kernels": (3, 3), "block_kernels": (3, 5, 7), "head_kernel": 3,
-            "init": "zero-head",
+            "offset": True, "init": "zero-head",
         },
         description="STTFN multiscale fusion CNN reconstructed from the paper's structure "
         "(Super-Resolution, Integration and Extraction nets, global residual); layer sizes "
@@ -203,7 +203,7 @@ BUILTIN_ARCHITECTURES: tuple[Architecture, ...] = (
             "sr_width": 32, "feat": 16, "width": 32, "blocks": 2, "sr_kernels": (9, 1, 5),
             "fine_kernels": (3, 3), "block_kernels": (3, 5, 7), "head_kernel": 3,
             "ctx_width": 16, "ctx_box": 65, "ctx_dilations": (8, 16, 32),
-            "guess": "gain", "target_features": False, "init": "zero-head",
+            "guess": "gain", "target_features": False, "offset": True, "init": "zero-head",
         },
         description="xfusion-v1 plus a coarse-context branch (box-smoothed inputs, dilated "
         "convolutions) wider than a coarse pixel, and a smoothed coarse change as the global "

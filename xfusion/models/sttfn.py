@@ -41,8 +41,10 @@ Measured (``benchmarks/bench_sttfn.py``) it is more accurate than v1 on syntheti
 Kranj; with ``sttfn(combine="time")`` it is the configuration that beats STARFM by the widest
 margin on synthetic LST (mean RMSE 0.75 of STARFM's over six seeds). Per-triplet training
 (with the default ``target_offset``) no longer diverges on those scenes, but the trained net
-is there no better than its untrained guess ``L_ref + S``; on Kranj training helps. It stays
-an option, not the default, which is the spec's reconstruction.
+is there no better than its untrained guess ``L_ref + S``; on Kranj training helps. With
+``offset=False`` (the correction is ``g S`` only, so it vanishes where the coarse image does not
+change) it is the net of ``sttfn(variant="xfusion")``, the default; ``variant="paper"`` uses
+``"xfusion-v1"``, the spec's reconstruction.
 
 The module takes raw values (kelvin, reflectance...) and normalises them itself with the
 per-band ``mean``/``std`` buffers, which are part of its weights: a saved net carries the
@@ -125,6 +127,10 @@ class MultiscaleFusionNet(nn.Module):
     target_features : bool
         Whether the learned features see ``M_tgt`` (v1: yes); without, ``M_tgt`` enters only
         through ``S``.
+    offset : bool
+        With ``guess="gain"``, whether the head also gives an offset ``o`` (default); without
+        it the learned correction is ``g S``, proportional to the smoothed coarse change, so
+        it vanishes where the coarse image does not change (a date close to the reference).
     init : {"zero-head", "default"}
         ``"zero-head"`` starts the head at zero, so the untrained net returns exactly
         its global residual guess (``L_ref + M_tgt - M_ref`` for v1); ``"default"`` keeps PyTorch's initialisation.
@@ -160,6 +166,7 @@ class MultiscaleFusionNet(nn.Module):
         ctx_dilations: Sequence[int] = (),
         guess: str = "change",
         target_features: bool = True,
+        offset: bool = True,
         init: str = "zero-head",
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
@@ -214,7 +221,9 @@ class MultiscaleFusionNet(nn.Module):
         self.extract = nn.Sequential(
             *[_MultiscaleBlock(width, feat, [int(k) for k in block_kernels]) for _ in range(blocks)]
         )
-        self.head = _conv(width, (2 if guess == "gain" else 1) * bands, int(head_kernel))
+        self.offset = bool(offset)
+        n_head = 2 if guess == "gain" and self.offset else 1
+        self.head = _conv(width, n_head * bands, int(head_kernel))
         if init == "zero-head":
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
@@ -269,7 +278,9 @@ class MultiscaleFusionNet(nn.Module):
             change = smooth[:, 2 * b:3 * b]
         if self.guess == "gain":
             # a per-pixel gain and offset on the smoothed coarse change
-            out = l_ref + (1.0 + r[:, :b]) * change + r[:, b:]
+            out = l_ref + (1.0 + r[:, :b]) * change
+            if self.offset:
+                out = out + r[:, b:]
         else:
             out = l_ref + change + r
         return out * std[:, 0] + mean[:, 0]

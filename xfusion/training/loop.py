@@ -374,8 +374,9 @@ def fit(
                 bad = 0
             else:
                 bad += 1
+            # the postfix first, so the line written by update() reports this epoch's losses
+            bar.set_postfix_str(f"train={train_loss:.4g}, val={val_loss:.4g}", refresh=False)
             bar.update(1)
-            bar.set_postfix_str(f"train={train_loss:.4g}, val={val_loss:.4g}")
             if callback is not None:
                 callback(record)
             done_here += 1

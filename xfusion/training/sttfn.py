@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import dask
 import numpy as np
@@ -326,6 +326,8 @@ def train_pair(
                   device=opts.device, precision=opts.precision, num_workers=opts.num_workers,
                   progress=opts.progress, description=f"sttfn {net_name}", keep_initial=True)
         nets[net_name] = net
+        _report(net_name, res, monitored="validation strip" if val_ds is not None
+                else "training loss", progress=opts.progress)
         metrics[net_name] = {
             "best_epoch": res.best_epoch, "best_loss": res.best_loss,
             "initial_loss": res.initial_loss,
@@ -343,6 +345,19 @@ def train_pair(
         "sampler_tries": sampler.tried,
     }
     return nets["forward"], nets["backward"], info
+
+
+def _report(net_name: str, res: Any, *, monitored: str, progress: bool | None) -> None:
+    """One line on what the training of a net ended with (the progress channel)."""
+    from xfusion._progress import emit, enabled
+
+    if not enabled(progress):
+        return
+    kept = ("the untrained nets (no epoch beat them)" if res.best_epoch == -1
+            else "no weights (no epoch)" if res.best_epoch is None
+            else f"epoch {res.best_epoch + 1}")
+    emit(f"{NAME} {net_name}: {res.stopped} after {res.epochs_run} epoch(s) in "
+         f"{res.seconds:.1f} s; kept {kept}, {monitored} loss {res.best_loss:.4g}")
 
 
 class _TemporalMix:
@@ -416,9 +431,14 @@ def nets_metadata(
     }
 
 
-def train_options(**kw: Any) -> SttfnTrainOptions:
-    base = SttfnTrainOptions()
-    return replace(base, **{k: v for k, v in kw.items() if v is not None})
+def train_options(*, defaults: Mapping[str, Any] | None = None, **kw: Any) -> SttfnTrainOptions:
+    """:class:`SttfnTrainOptions` from ``defaults`` (e.g. a variant's) and the non-None ``kw``
+    (``patience``: ``"auto"`` keeps the default, None means never stop early)."""
+    merged = dict(defaults or {})
+    merged.update({k: v for k, v in kw.items() if v is not None and k != "patience"})
+    if "patience" in kw and not (isinstance(kw["patience"], str) and kw["patience"] == "auto"):
+        merged["patience"] = kw["patience"]
+    return replace(SttfnTrainOptions(), **merged)
 
 
 def _cases_of(ds: xr.Dataset, roles: Roles, max_gap_days: float | None,
@@ -467,7 +487,7 @@ def train_sttfn(
     batch_size: int | None = None,
     lr: float | None = None,
     val_fraction: float | None = None,
-    patience: int | None = None,
+    patience: int | Literal["auto"] | None = "auto",
     min_valid: float | None = None,
     augment: bool | None = None,
     temporal_mix: float | None = None,
@@ -505,7 +525,7 @@ def train_sttfn(
         Architecture and its parameters (see :func:`sttfn`).
     epochs, patch_size, patches, batch_size, lr, val_fraction, patience, min_valid, augment
         Training options (:class:`SttfnTrainOptions`); ``patches`` is the total number of
-        random patches over all cases.
+        random patches over all cases; ``patience="auto"``: 8, None: never stop early.
     temporal_mix, loss, target_offset
         Training options (:class:`SttfnTrainOptions`).
     seed, device, precision, num_workers, progress
