@@ -204,3 +204,19 @@ def test_spread_tracks_the_error_on_a_small_case():
     rho = np.corrcoef(rank(std), rank(err))[0, 1]
     assert rho > 0.3
     assert 0.85 < np.mean(err <= 2 * std) < 0.99
+
+
+def test_default_trains_on_a_small_cloudy_scene_with_a_warning():
+    """A scene as small as a patch whose fine image is half clouded: the default relaxes the
+    observed share its patches need (and says so); an explicit min_valid is kept."""
+    from xfusion.errors import NotEnoughDataError, XFusionWarning
+
+    s = _scene(40)
+    fine = s["fine"].values.copy()
+    fine[2, :, :21] = np.nan  # 47.5 % observed at the second pair
+    s["fine"] = (s["fine"].dims, fine, s["fine"].attrs)
+    with pytest.warns(XFusionWarning, match="too few clear patches.*at least 20% observed"):
+        out = sttfn(s, fine="fine", coarse="coarse", epochs=1, progress=False)
+    assert np.isfinite(out["fine"].values).mean() > 0.9
+    with pytest.raises(NotEnoughDataError, match="min_valid"):
+        sttfn(s, fine="fine", coarse="coarse", epochs=1, min_valid=0.5, progress=False)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -55,7 +56,9 @@ from xfusion.cube.validate import TIME
 from xfusion.errors import (
     InvalidParameterError,
     NoOverlapError,
+    NotEnoughDataError,
     WeightsMismatchError,
+    XFusionWarning,
 )
 from xfusion.training.sttfn import (
     NETS,
@@ -649,8 +652,22 @@ def sttfn(
             d1, d3 = fmt_day(times[t1]), fmt_day(times[t3])
             t0 = time.perf_counter()
             case = stack_cases(ds, roles.dims, L, M, [(t1, t3)])
-            fwd, bwd, info = train_pair([case], [[f"{d1}|{d3}"]], nb=nb, arch=arch,
-                                         params=params, opts=opts)
+            try:
+                fwd, bwd, info = train_pair([case], [[f"{d1}|{d3}"]], nb=nb, arch=arch,
+                                             params=params, opts=opts)
+            except NotEnoughDataError as err:
+                # the default's nets start from a sound guess and only need a few patches:
+                # on a small or cloudy scene, accept patches with fewer observed pixels
+                relaxed = _relaxed(opts, variant=variant, min_valid_given=min_valid is not None)
+                if relaxed is None:
+                    raise
+                warnings.warn(XFusionWarning(
+                    f"{NAME}(): {d1} -> {d3}: too few clear patches at min_valid="
+                    f"{opts.min_valid:g} ({str(err).split('. It needs')[0]}); training on "
+                    f"patches with at least {100 * relaxed.min_valid:.0f}% observed pixels. "
+                    "Pass min_valid=... to choose."), stacklevel=2)  # fmt: skip
+                fwd, bwd, info = train_pair([case], [[f"{d1}|{d3}"]], nb=nb, arch=arch,
+                                             params=params, opts=relaxed)
             nets[(t1, t3)] = (fwd, bwd)
             entry = {"t1": d1, "t3": d3, "seconds": round(time.perf_counter() - t0, 3),
                      "metrics": info["metrics"], "patch_size": info["patch_size"],
@@ -797,6 +814,17 @@ def _stc(p_f: Any, p_b: Any, m2: Any, *, eps: float, factor: int | None,
 
 
 
+
+
+def _relaxed(opts: Any, *, variant: str, min_valid_given: bool) -> Any:
+    """Training options of the default variant with a lower ``min_valid`` (None: no retry)."""
+    if variant != "xfusion" or min_valid_given or opts.min_valid <= _MIN_VALID_FLOOR:
+        return None
+    return replace(opts, min_valid=_MIN_VALID_FLOOR)
+
+
+#: The lowest observed share a training patch of the default variant is relaxed to.
+_MIN_VALID_FLOOR = 0.2
 
 
 def job_halo(params: Mapping[str, Any], *, resolution: float, weights: str | None = None) -> int:
