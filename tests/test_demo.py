@@ -22,6 +22,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert (tmp_path / "catalog" / "catalog.json").exists()
 
 
+@pytest.mark.filterwarnings("ignore:.*too few clear patches")  # a 64 px scene
 def test_demo_metrics_rank_methods(tmp_path):
     from xfusion.demo import run_demo
 
