@@ -215,7 +215,7 @@ def test_default_trains_on_a_small_cloudy_scene_with_a_warning():
     fine = s["fine"].values.copy()
     fine[2, :, :21] = np.nan  # 47.5 % observed at the second pair
     s["fine"] = (s["fine"].dims, fine, s["fine"].attrs)
-    with pytest.warns(XFusionWarning, match="too few clear patches.*at least 20% observed"):
+    with pytest.warns(XFusionWarning, match="too few clear patches.*trained on patches with at least 20% observed"):
         out = sttfn(s, fine="fine", coarse="coarse", epochs=1, progress=False)
     assert np.isfinite(out["fine"].values).mean() > 0.9
     with pytest.raises(NotEnoughDataError, match="min_valid"):

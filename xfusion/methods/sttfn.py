@@ -661,13 +661,16 @@ def sttfn(
                 relaxed = _relaxed(opts, variant=variant, min_valid_given=min_valid is not None)
                 if relaxed is None:
                     raise
+                try:
+                    fwd, bwd, info = train_pair([case], [[f"{d1}|{d3}"]], nb=nb, arch=arch,
+                                                 params=params, opts=relaxed)
+                except NotEnoughDataError:
+                    raise err from None
                 warnings.warn(XFusionWarning(
                     f"{NAME}(): {d1} -> {d3}: too few clear patches at min_valid="
-                    f"{opts.min_valid:g} ({str(err).split('. It needs')[0]}); training on "
+                    f"{opts.min_valid:g} ({str(err).split('. It needs')[0]}); trained on "
                     f"patches with at least {100 * relaxed.min_valid:.0f}% observed pixels. "
                     "Pass min_valid=... to choose."), stacklevel=2)  # fmt: skip
-                fwd, bwd, info = train_pair([case], [[f"{d1}|{d3}"]], nb=nb, arch=arch,
-                                             params=params, opts=relaxed)
             nets[(t1, t3)] = (fwd, bwd)
             entry = {"t1": d1, "t3": d3, "seconds": round(time.perf_counter() - t0, 3),
                      "metrics": info["metrics"], "patch_size": info["patch_size"],
