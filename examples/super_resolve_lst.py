@@ -5,6 +5,8 @@ fine NDVI (30 m); the true fine LST is known, so every method is scored against 
 gradient RMSE) and against the coarse input (coarse-scale consistency). ``sif-sr1`` (the
 default of ``super_resolve``) trains self-supervised on the scene itself in seconds (no fine
 LST needed); the paper's SIF-CNN-SR (``variant="paper"``) is trained only briefly here.
+Measured on the 2-core development machine at load average 0.4-1: 11 s wall for the whole
+script (sif-sr1 trains in 3.2 s, the paper variant in 2.1 s), peak RSS 0.6 GB.
 
 Run: ``python examples/super_resolve_lst.py [OUT_DIR]``
 """
