@@ -477,3 +477,48 @@ def test_cli_equals_the_api_on_the_same_files(tmp_path, method, params):
     want = api["fine"].isel(time=0).values.astype(got.dtype)
     assert np.isfinite(want).mean() > 0.5
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(("method", "params"), [
+    ("starfm", {"max_search_distance": 300, "pairs": "bracket"}),
+    ("estarfm", {"half_window": 4}),
+    ("fitfc", {"sf_half_window": 4, "n_similar": 6, "preset": "imagefusion"}),
+    ("fsdaf", {"half_window": 4, "n_similar": 6, "scale_factor": 4, "block_cells": 6}),
+])
+def test_integer_files_give_integer_results_with_their_fill(tmp_path, method, params):
+    """int16 GeoTIFFs (reflectance x1e4, nodata -9999, as USGS and the reference programs
+    write them): every classic method writes int16 with that fill, through the API and the CLI."""
+    rng = np.random.default_rng(0)
+    n = 48
+    yy, xx = np.mgrid[0:n, 0:n]
+    f = (2000 + 500 * np.sin(yy / 7.0) * np.cos(xx / 11.0) + rng.normal(0, 30, (n, n)))
+    f = f.astype("int16")
+    f[:3, :3] = -9999
+    fine = {"2020-03-08": write_tif(tmp_path / "f1.tif", f, nodata=-9999),
+            "2020-04-02": write_tif(tmp_path / "f2.tif", (f * 1.1).astype("int16"),
+                                    nodata=-9999)}  # fmt: skip
+    m = n // 4 + 2
+    cy = np.mgrid[0:m, 0:m][0]
+    coarse = {}
+    for k, day in enumerate(("0308", "0317", "0402")):
+        c = (2500 + 100 * k + 200 * np.sin((cy + k) / 5.0)).astype("int16")
+        coarse[f"2020-{day[:2]}-{day[2:]}"] = write_tif(tmp_path / f"c{day}.tif", c,
+                                                        transform=COARSE_T, nodata=-9999)
+    ds = xfusion.from_geotiffs(fine=fine, coarse=coarse, chunks=16)
+    api = getattr(xfusion, method)(ds, fine="fine", coarse="coarse", targets=["2020-03-17"],
+                                    **params)
+    assert api["fine"].dtype == np.int16 and api["fine"].attrs.get("nodata", -9999) == -9999
+    v = api["fine"].values
+    assert (v != -9999).mean() > 0.5 and (v[v != -9999] > 1000).all()
+    out = tmp_path / f"{method}.tif"
+    argv = ["fuse", method, "--out", str(out), "--target", "2020-03-17", "--chunks", "16"]
+    for d, p in fine.items():
+        argv += ["--fine", f"{d}={p}"]
+    for d, p in coarse.items():
+        argv += ["--coarse", f"{d}={p}"]
+    for k, val in params.items():
+        argv += ["--param", f"{k}={val}"]
+    assert main(argv) == 0
+    with rasterio.open(out) as src:
+        assert src.dtypes[0] == "int16" and src.nodata == -9999
+        np.testing.assert_array_equal(src.read(1), v[0])

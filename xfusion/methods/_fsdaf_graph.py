@@ -12,6 +12,7 @@ import numpy as np
 
 from xfusion.errors import InvalidParameterError, NotEnoughDataError
 from xfusion.methods._fsdaf_params import NAME, FsdafParams
+from xfusion.methods._output import to_integer
 
 
 def _is_dask(a: Any) -> bool:
@@ -463,8 +464,7 @@ def _to_output(block: np.ndarray, *, dtype: str, fill: float | None) -> np.ndarr
     dt = np.dtype(dtype)
     if np.issubdtype(dt, np.floating):
         return block.astype(dt)
-    info = np.iinfo(dt)
-    with np.errstate(invalid="ignore"):
-        t = np.trunc(block)  # IDL FIX
-        ok = np.isfinite(t) & (t >= info.min) & (t <= info.max)
-        return np.where(ok, t, fill).astype(dt)
+    assert fill is not None
+    return to_integer(block, dt, fill, rounding="trunc")  # IDL FIX
+
+

@@ -34,7 +34,7 @@ from xfusion.cube.roles import (
     select_targets,
     sort_targets,
 )
-from xfusion.cube.validate import TIME, get_nodata, observed_times, require_same_grid
+from xfusion.cube.validate import TIME, observed_times, require_same_grid
 from xfusion.engine.device import kernel_threads as _kernel_threads
 from xfusion.engine.run import map_blocks_halo
 from xfusion.errors import (
@@ -56,6 +56,7 @@ from xfusion.methods._estarfm_params import (
     halo,
     job_halo,
 )
+from xfusion.methods._output import integer_layout, pick_plane, to_integer
 
 __all__ = [
     "ESTARFM_PRESETS",
@@ -165,37 +166,19 @@ def _choose_pairs(
 
 def _output_dtype(ds: xr.Dataset, name: str, work: xr.DataArray, fill: float | None) -> tuple[
     np.dtype, float | None
-]:
-    """Output dtype and fill of fine variable ``name``: floats -> NaN, integers -> a fill."""
-    raw = ds[name].dtype
-    if not np.issubdtype(raw, np.integer):
-        return np.dtype(work.dtype), None
-    out_fill = fill if fill is not None else get_nodata(ds[name])
-    info = np.iinfo(raw)
-    if out_fill is None or not (
-        float(out_fill).is_integer() and info.min <= float(out_fill) <= info.max
-    ):
-        raise InvalidParameterError(
-            f"The fine variable {name!r} holds integers ({raw}), so estarfm() writes integer "
-            f"predictions with a fill value where none can be made, but the fill value "
-            f"{out_fill!r} is not an integer within {raw}'s range [{info.min}, {info.max}]. "
-            f"Pass fill=... (e.g. fill={info.min}), or convert the variable to float (NaN gaps)."
-        )
-    return np.dtype(raw), float(out_fill)
-
+]:  # fmt: skip
+    """Output dtype and fill of fine variable ``name`` (see :mod:`xfusion.methods._output`)."""
+    layout = integer_layout(ds, name, fill=fill, method=NAME)
+    return (np.dtype(work.dtype), None) if layout is None else layout
 
 
 def _to_output(pred: np.ndarray, dtype: np.dtype, fill: float | None) -> np.ndarray:
-    """Kernel prediction (float64, NaN gaps) -> output dtype: floats keep NaN, integers the
-    fill value (also where the prediction does not fit the type)."""
+    """Kernel prediction (float64, NaN gaps) -> output dtype: floats keep NaN, integers are
+    truncated (Zhu's programs) with the fill value in the gaps and out of range."""
     if np.issubdtype(dtype, np.floating):
         return pred.astype(dtype, copy=False)
-    info = np.iinfo(dtype)
     assert fill is not None
-    with np.errstate(invalid="ignore"):
-        p = np.trunc(pred)
-        ok = np.isfinite(p) & (p >= info.min) & (p <= info.max)
-        return np.where(ok, p, fill).astype(dtype)
+    return to_integer(pred, dtype, fill, rounding="trunc")
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,27 +418,9 @@ def _release_memory() -> None:
         trim(0)
 
 
-def _pick(out: Any, k: int, b: int, dtype: np.dtype, lazy: bool) -> Any:
-    """Plane ``k``, band ``b`` of the stacked block output, as ``dtype``."""
-    if not lazy:
-        return np.ascontiguousarray(out[:, k, b]).astype(dtype, copy=False)
-    import dask.array as da
-    from dask.base import tokenize
-
-    sel = out[:, k, b]
-    return da.map_blocks(
-        _astype, sel, dtype=dtype, target=np.dtype(dtype).str,
-        name=f"xfusion.{NAME}-{tokenize(out.name, k, b, np.dtype(dtype).str)}",
-    )
-
-
 def _gated(block: np.ndarray, gate: np.ndarray) -> np.ndarray:
     """``block`` itself; ``gate`` (the thresholds) only orders the graph."""
     return block
-
-
-def _astype(block: np.ndarray, *, target: str) -> np.ndarray:
-    return block.astype(target, copy=False)
 
 
 def _block_chunks(chunks: tuple[int, ...], block: int) -> tuple[int, ...]:
@@ -818,11 +783,11 @@ def estarfm(
 
     data: dict[str, Any] = {}
     for b, fname in enumerate(roles.fine):
-        data[fname] = _pick(out, 0, b, out_dtypes[b], lazy)
+        data[fname] = pick_plane(out, (0, b), out_dtypes[b], lazy=lazy, method=NAME)
     if diagnostics:
         for b, fname in enumerate(roles.fine):
             dname = f"{fname}_n_candidates"
-            data[dname] = _pick(out, 1, b, np.dtype(np.int32), lazy)
+            data[dname] = pick_plane(out, (1, b), np.dtype(np.int32), lazy=lazy, method=NAME)
             tmpl = like[fname].copy(deep=False)
             tmpl.attrs = {"long_name": "ESTARFM similar pixels (candidates), all bands"}
             like[dname] = tmpl

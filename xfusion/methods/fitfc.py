@@ -31,7 +31,7 @@ from xfusion.cube.roles import (
     select_targets,
     sort_targets,
 )
-from xfusion.cube.validate import TIME, get_geobox, get_nodata, require_same_grid
+from xfusion.cube.validate import TIME, get_geobox, require_same_grid
 from xfusion.engine.device import kernel_threads as _kernel_threads
 from xfusion.errors import (
     GridMismatchError,
@@ -39,6 +39,7 @@ from xfusion.errors import (
     MissingDimensionError,
     XFusionError,
 )
+from xfusion.methods._output import integer_layout, pick_plane, to_integer
 
 __all__ = [
     "FITFC_PRESETS",
@@ -547,10 +548,8 @@ def _to_output(pred: np.ndarray, dtype: np.dtype, fill: float | None) -> np.ndar
     """Float: as is (NaN gaps). Integer: round half to even, saturate, ``fill`` where NaN."""
     if dtype.kind == "f":
         return pred
-    info = np.iinfo(dtype)
-    with np.errstate(invalid="ignore"):
-        r = np.clip(np.rint(pred), info.min, info.max)
-    return np.where(np.isnan(r), fill, r)
+    assert fill is not None
+    return to_integer(pred, dtype, fill, rounding="rint", saturate=True)
 
 
 def _origin_block(*blocks: np.ndarray, block_func: Any, offsets: tuple[tuple[int, ...], ...],
@@ -608,40 +607,17 @@ def _map_with_origin(func: Any, *arrays: Any, halo: int, nplanes: int, token_par
 
 
 
-def _pick(out: Any, plane: int, dtype: np.dtype, lazy: bool) -> Any:
-    if not lazy:
-        return np.ascontiguousarray(out[:, plane]).astype(dtype, copy=False)
-    import dask.array as da
-    from dask.base import tokenize
-
-    return da.map_blocks(
-        _astype, out[:, plane], dtype=dtype, target=np.dtype(dtype).str,
-        name=f"xfusion.{NAME}-{tokenize(out.name, plane, np.dtype(dtype).str)}",
-    )  # fmt: skip
-
-
-def _astype(block: np.ndarray, *, target: str) -> np.ndarray:
-    return block.astype(target, copy=False)
-
-
 def _output_dtype(
     ds: xr.Dataset, name: str, variant: str
 ) -> tuple[np.dtype, np.dtype, float | None]:
-    """(output dtype, kernel dtype for saturate_cast, fill) of fine variable ``name``."""
-    raw = np.dtype(ds[name].dtype)
-    if raw.kind in "iu":
-        fill = get_nodata(ds[name])
-        info = np.iinfo(raw)
-        if fill is None or not (float(fill).is_integer() and info.min <= float(fill) <= info.max):
-            raise InvalidParameterError(
-                f"The fine variable {name!r} holds integers ({raw}), so fitfc() writes integer "
-                f"predictions with a fill value where none can be made, but its nodata value "
-                f"{fill!r} is not an integer within [{info.min}, {info.max}]. Declare one "
-                f"(`ds[{name!r}].attrs['nodata'] = {info.min}`) or convert the variable to float."
-            )
-        return raw, raw, float(fill)
+    """(output dtype, kernel dtype for saturate_cast, fill) of fine variable ``name`` (see
+    :mod:`xfusion.methods._output`); "wang" predicts float64 for float inputs."""
+    layout = integer_layout(ds, name, fill=None, method=NAME)
+    if layout is not None:
+        return layout[0], layout[0], layout[1]
     if variant == "wang":
         return np.dtype(np.float64), np.dtype(np.float64), None
+    raw = np.dtype(ds[name].dtype)
     return raw, raw, None
 
 
@@ -947,14 +923,14 @@ def fitfc(
 
     data: dict[str, Any] = {}
     for b, fname in enumerate(roles.fine):
-        data[fname] = _pick(out, b * k, out_dtypes[b], lazy)
+        data[fname] = pick_plane(out, (b * k,), out_dtypes[b], lazy=lazy, method=NAME)
         if diagnostics:
             for j, (suffix, long_name) in enumerate(
                 (("a", "Fit-FC regression slope"), ("b", "Fit-FC regression intercept"),
                  ("residual", "Fit-FC interpolated residual")), start=1,
             ):  # fmt: skip
                 dname = f"{fname}_{suffix}"
-                data[dname] = _pick(out, b * k + j, np.dtype(np.float32), lazy)
+                data[dname] = pick_plane(out, (b * k + j,), np.dtype(np.float32), lazy=lazy, method=NAME)
                 tmpl = like[fname].copy(deep=False)
                 tmpl.attrs = {"long_name": long_name}
                 like[dname] = tmpl

@@ -41,7 +41,7 @@ from xfusion.cube.roles import (
     select_targets,
     sort_targets,
 )
-from xfusion.cube.validate import TIME, get_nodata, require_same_grid
+from xfusion.cube.validate import TIME, require_same_grid
 from xfusion.engine.run import map_blocks_halo
 from xfusion.errors import (
     GridMismatchError,
@@ -91,6 +91,7 @@ from xfusion.methods._fsdaf_params import (
     halo,
     job_halo,
 )
+from xfusion.methods._output import integer_layout
 
 _CLASS_VAR = "fsdaf_class"
 _HI_VAR = "fsdaf_hi"
@@ -304,19 +305,9 @@ def _classes_input(ds: xr.Dataset, classes: Any, dims: tuple[str, str]) -> Any:
 
 
 def _output_dtype(ds: xr.Dataset, name: str, work: xr.DataArray) -> tuple[np.dtype, float | None]:
-    raw = ds[name].dtype
-    if not np.issubdtype(raw, np.integer):
-        return np.dtype(work.dtype), None
-    fill = get_nodata(ds[name])
-    info = np.iinfo(raw)
-    if fill is None or not (float(fill).is_integer() and info.min <= float(fill) <= info.max):
-        raise InvalidParameterError(
-            f"The fine variable {name!r} holds integers ({raw}), so fsdaf() writes integer "
-            f"predictions with its nodata value where none can be made, but the nodata value "
-            f"{fill!r} is not an integer within {raw}'s range. Set ds[{name!r}].attrs['nodata'] "
-            "or convert the variable to float (NaN gaps)."
-        )
-    return np.dtype(raw), float(fill)
+    """Output dtype and fill of fine variable ``name`` (see :mod:`xfusion.methods._output`)."""
+    layout = integer_layout(ds, name, fill=None, method=NAME)
+    return (np.dtype(work.dtype), None) if layout is None else layout
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from xfusion.cube.roles import (
     select_targets,
     sort_targets,
 )
-from xfusion.cube.validate import TIME, get_geobox, get_nodata, require_same_grid
+from xfusion.cube.validate import TIME, get_geobox, require_same_grid
 from xfusion.engine.device import kernel_threads
 from xfusion.engine.run import map_blocks_halo
 from xfusion.errors import (
@@ -38,6 +38,7 @@ from xfusion.errors import (
     NoOverlapError,
     TimeAxisError,
 )
+from xfusion.methods._output import integer_layout, pick_plane, to_integer
 from xfusion.methods._starfm_pairs import _choose_pairs, _fmt_dates, _pair_positions
 from xfusion.methods._starfm_stats import (
     gated_blocks,
@@ -267,17 +268,12 @@ def _torch_device(device: str) -> str | None:
 def _to_output(
     pred: np.ndarray, dtype: np.dtype, fill: float | None, *, reference: bool
 ) -> np.ndarray:
-    """Kernel prediction → output dtype: NaN gaps for floats, ``fill`` for integers."""
+    """Kernel prediction → output dtype: NaN gaps for floats, ``fill`` for integers (reference
+    mode: the kernel already rounded; float mode: rounded half up, as USDA)."""
     if np.issubdtype(dtype, np.floating):
         return pred.astype(dtype, copy=False)
-    info = np.iinfo(dtype)
     assert fill is not None
-    with np.errstate(invalid="ignore"):
-        p = pred.astype(np.float64) if reference else np.floor(pred.astype(np.float64) + 0.5)
-        ok = np.isfinite(p) & (p >= info.min) & (p <= info.max)
-        if reference:
-            ok &= p != fill  # the kernel already wrote the fill value there
-        return np.where(ok, p, fill).astype(dtype)
+    return to_integer(pred, dtype, fill, rounding="exact" if reference else "half_up")
 
 
 def _starfm_tasks(
@@ -427,37 +423,9 @@ def _is_dask(a: Any) -> bool:
 def _output_dtype(ds: xr.Dataset, name: str, work: xr.DataArray, fill: float | None) -> tuple[
     np.dtype, float | None
 ]:  # fmt: skip
-    """Output dtype and fill of fine variable ``name``: floats → NaN, integers → a fill.
-
-    Integers are the variable's dtype, or the integer dtype its ``encoding`` says it was
-    stored as (float values decoded from integer GeoTIFFs or Zarr, with ``_FillValue``).
-    """
-    var = ds[name]
-    raw = var.dtype
-    stored = var.encoding.get("dtype")
-    if (
-        np.issubdtype(raw, np.floating)
-        and stored is not None
-        and np.issubdtype(np.dtype(stored), np.integer)
-        and (fill is not None or var.encoding.get("_FillValue") is not None)
-    ):
-        raw = np.dtype(stored)
-        if fill is None:
-            fill = float(var.encoding["_FillValue"])
-    if not np.issubdtype(raw, np.integer):
-        return np.dtype(work.dtype), None
-    out_fill = fill if fill is not None else get_nodata(var)
-    info = np.iinfo(raw)
-    if out_fill is None or not (
-        float(out_fill).is_integer() and info.min <= float(out_fill) <= info.max
-    ):
-        raise InvalidParameterError(
-            f"The fine variable {name!r} holds integers ({raw}), so starfm() writes integer "
-            f"predictions with a fill value where none can be made, but the fill value "
-            f"{out_fill!r} is not an integer within {raw}'s range [{info.min}, {info.max}]. "
-            f"Pass fill=... (e.g. fill={info.min}), or convert the variable to float (NaN gaps)."
-        )
-    return np.dtype(raw), float(out_fill)
+    """Output dtype and fill of fine variable ``name`` (see :mod:`xfusion.methods._output`)."""
+    layout = integer_layout(ds, name, fill=fill, method=NAME)
+    return (np.dtype(work.dtype), None) if layout is None else layout
 
 
 # --------------------------------------------------------------------------------------------
@@ -875,14 +843,14 @@ def starfm(
 
     data: dict[str, Any] = {}
     for b, fname in enumerate(roles.fine):
-        data[fname] = _pick(out, b, 0, out_dtypes[b], lazy)
+        data[fname] = pick_plane(out, (b, 0), out_dtypes[b], lazy=lazy, method=NAME)
         if diagnostics:
             for k, (suffix, dt, long_name) in enumerate(
                 (("n_candidates", np.int32, "STARFM candidates kept (all pairs)"),
                  ("weight_sum", np.float32, "STARFM sum of candidate weights")), start=1
             ):  # fmt: skip
                 dname = f"{fname}_{suffix}"
-                data[dname] = _pick(out, b, k, np.dtype(dt), lazy)
+                data[dname] = pick_plane(out, (b, k), np.dtype(dt), lazy=lazy, method=NAME)
                 tmpl = like[fname].copy(deep=False)
                 tmpl.attrs = {"long_name": long_name}
                 like[dname] = tmpl
@@ -898,24 +866,6 @@ def starfm(
     record["data_range"] = [x if math.isfinite(x) else str(x) for x in params.data_range]
     res.attrs["xfusion_starfm"] = json.dumps(record, allow_nan=False)
     return res
-
-
-def _pick(out: Any, b: int, k: int, dtype: np.dtype, lazy: bool) -> Any:
-    """Variable ``b``, plane ``k`` of the stacked block output, as ``dtype``."""
-    if not lazy:
-        return np.ascontiguousarray(out[:, b, k]).astype(dtype, copy=False)
-    import dask.array as da
-    from dask.base import tokenize
-
-    sel = out[:, b, k]
-    return da.map_blocks(
-        _astype, sel, dtype=dtype, target=np.dtype(dtype).str,
-        name=f"xfusion.{NAME}-{tokenize(out.name, b, k, np.dtype(dtype).str)}",
-    )  # fmt: skip
-
-
-def _astype(block: np.ndarray, *, target: str) -> np.ndarray:
-    return block.astype(target, copy=False)
 
 
 def job_halo(params: Mapping[str, Any], *, resolution: float, weights: str | None = None) -> int:
