@@ -36,7 +36,14 @@ import xarray as xr
 
 from xfusion.cube.attrs import output_attrs
 from xfusion.cube.build import to_datetime64
-from xfusion.cube.validate import TIME, get_nodata, observed_times, spatial_dims, validate_cube
+from xfusion.cube.validate import (
+    TIME,
+    get_nodata,
+    observed_times,
+    require_same_grid,
+    spatial_dims,
+    validate_cube,
+)
 from xfusion.errors import (
     InvalidParameterError,
     MissingDimensionError,
@@ -45,6 +52,7 @@ from xfusion.errors import (
 )
 
 __all__ = [
+    "require_band_pairs",
     "PAIR_RULES",
     "PairRule",
     "Roles",
@@ -146,6 +154,23 @@ def resolve_roles(
                 f"{cn!r} has {tuple(ds[cn].dims)!r}. Paired variables need the same dims."
             )
     return Roles(f, c, info.dims)
+
+
+def require_band_pairs(ds: xr.Dataset, roles: Roles, *, method: str) -> None:
+    """Each fine/coarse pair on one grid and every variable ``(time, y, x)`` only (one
+    variable per band): else a clear error that says how to split a band dimension."""
+    for fname, cname in zip(roles.fine, roles.coarse, strict=True):
+        require_same_grid(ds[fname], ds[cname], names=(fname, cname))
+        for name in (fname, cname):
+            extra = [d for d in ds[name].dims if d not in (TIME, *roles.dims)]
+            if extra:
+                raise MissingDimensionError(
+                    f"{method}() predicts (time, {roles.dims[0]}, {roles.dims[1]}) variables, "
+                    f"but {name!r} also has the dim(s) {extra!r} (dims "
+                    f"{tuple(ds[name].dims)!r}). Make one variable per band, e.g. "
+                    f"`ds[{name!r}].to_dataset({extra[0]!r})`, and pass the lists of names as "
+                    "fine=[...] and coarse=[...]."
+                )
 
 
 def require_choice(value: Any, choices: Sequence[str], *, name: str, method: str) -> str:

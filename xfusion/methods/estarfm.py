@@ -29,18 +29,18 @@ from xfusion.cube.roles import (
     assemble_result,
     float_data,
     match_times,
+    require_band_pairs,
     resolve_roles,
     select_bracket,
     select_targets,
     sort_targets,
 )
-from xfusion.cube.validate import TIME, observed_times, require_same_grid
+from xfusion.cube.validate import TIME, observed_times
 from xfusion.engine.device import kernel_threads as _kernel_threads
 from xfusion.engine.run import map_blocks_halo
 from xfusion.errors import (
     EmptyPredictionWarning,
     InvalidParameterError,
-    MissingDimensionError,
     NoOverlapError,
     TimeAxisError,
 )
@@ -643,17 +643,7 @@ def estarfm(
         )
     prm = _resolve_params(preset, variant, params)
     roles = resolve_roles(ds, fine, coarse, method=NAME)
-    for fname, cname in zip(roles.fine, roles.coarse, strict=True):
-        require_same_grid(ds[fname], ds[cname], names=(fname, cname))
-        for name in (fname, cname):
-            extra = [d for d in ds[name].dims if d not in (TIME, *roles.dims)]
-            if extra:
-                raise MissingDimensionError(
-                    f"estarfm() predicts (time, {roles.dims[0]}, {roles.dims[1]}) variables, "
-                    f"but {name!r} also has the dim(s) {extra!r} (dims {tuple(ds[name].dims)!r})"
-                    f". Make one variable per band, e.g. `ds[{name!r}].to_dataset({extra[0]!r})`"
-                    ", and pass the lists of names as fine=[...] and coarse=[...]."
-                )
+    require_band_pairs(ds, roles, method=NAME)
     factor = coarse_factor if coarse_factor is not None else ds.attrs.get("coarse_factor")
     if factor is not None:
         _number("coarse_factor", factor, minimum=0,

@@ -25,18 +25,18 @@ from xfusion.config import check_device
 from xfusion.cube.roles import (
     assemble_result,
     float_data,
+    require_band_pairs,
     require_choice,
     resolve_roles,
     select_pairs,
     select_targets,
     sort_targets,
 )
-from xfusion.cube.validate import TIME, get_geobox, require_same_grid
+from xfusion.cube.validate import TIME, get_geobox
 from xfusion.engine.device import kernel_threads as _kernel_threads
 from xfusion.errors import (
     GridMismatchError,
     InvalidParameterError,
-    MissingDimensionError,
     XFusionError,
 )
 from xfusion.methods._output import integer_layout, pick_plane, to_integer
@@ -822,17 +822,7 @@ def fitfc(
     p, explicit_bands = _resolve_params(preset, variant, params)
     roles = resolve_roles(ds, fine, coarse, method=NAME)
     ydim, xdim = roles.dims
-    for fname, cname in zip(roles.fine, roles.coarse, strict=True):
-        require_same_grid(ds[fname], ds[cname], names=(fname, cname))
-        for name in (fname, cname):
-            extra = [d for d in ds[name].dims if d not in (TIME, *roles.dims)]
-            if extra:
-                raise MissingDimensionError(
-                    f"fitfc() predicts (time, {ydim}, {xdim}) variables, but {name!r} also has "
-                    f"the dim(s) {extra!r}. Make one variable per band, e.g. "
-                    f"`ds[{name!r}].to_dataset({extra[0]!r})`, and pass the lists of names as "
-                    "fine=[...] and coarse=[...]."
-                )
+    require_band_pairs(ds, roles, method=NAME)
     ny, nx = ds.sizes[ydim], ds.sizes[xdim]
 
     tidx = select_targets(ds, roles, targets, method=NAME)

@@ -36,12 +36,13 @@ from xfusion.config import check_device
 from xfusion.cube.roles import (
     assemble_result,
     float_data,
+    require_band_pairs,
     resolve_roles,
     select_pairs,
     select_targets,
     sort_targets,
 )
-from xfusion.cube.validate import TIME, require_same_grid
+from xfusion.cube.validate import TIME
 from xfusion.engine.run import map_blocks_halo
 from xfusion.errors import (
     GridMismatchError,
@@ -537,17 +538,7 @@ change_quantiles, outlier_quantiles, max_weight
          "max_weight": max_weight, "interpolator": interpolator, "blocks": blocks},
     )  # fmt: skip
     roles = resolve_roles(ds, fine, coarse, method=NAME)
-    for fname, cname in zip(roles.fine, roles.coarse, strict=True):
-        require_same_grid(ds[fname], ds[cname], names=(fname, cname))
-        for name in (fname, cname):
-            extra = [d for d in ds[name].dims if d not in (TIME, *roles.dims)]
-            if extra:
-                raise MissingDimensionError(
-                    f"fsdaf() predicts (time, {roles.dims[0]}, {roles.dims[1]}) variables, but "
-                    f"{name!r} also has the dim(s) {extra!r} (dims {tuple(ds[name].dims)!r}). "
-                    f"Make one variable per band, e.g. `ds[{name!r}].to_dataset({extra[0]!r})`, "
-                    "and pass the lists of names as fine=[...] and coarse=[...]."
-                )
+    require_band_pairs(ds, roles, method=NAME)
     ydim, xdim = roles.dims
     ny, nx = ds.sizes[ydim], ds.sizes[xdim]
 

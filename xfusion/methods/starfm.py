@@ -24,17 +24,17 @@ from xfusion.config import check_device
 from xfusion.cube.roles import (
     assemble_result,
     float_data,
+    require_band_pairs,
     require_choice,
     resolve_roles,
     select_targets,
     sort_targets,
 )
-from xfusion.cube.validate import TIME, get_geobox, require_same_grid
+from xfusion.cube.validate import TIME, get_geobox
 from xfusion.engine.device import kernel_threads
 from xfusion.engine.run import map_blocks_halo
 from xfusion.errors import (
     InvalidParameterError,
-    MissingDimensionError,
     NoOverlapError,
     TimeAxisError,
 )
@@ -706,17 +706,7 @@ def starfm(
         },
     )
     roles = resolve_roles(ds, fine, coarse, method=NAME)
-    for fname, cname in zip(roles.fine, roles.coarse, strict=True):
-        require_same_grid(ds[fname], ds[cname], names=(fname, cname))
-        for name in (fname, cname):
-            extra = [d for d in ds[name].dims if d not in (TIME, *roles.dims)]
-            if extra:
-                raise MissingDimensionError(
-                    f"starfm() predicts (time, {roles.dims[0]}, {roles.dims[1]}) variables, but "
-                    f"{name!r} also has the dim(s) {extra!r} (dims {tuple(ds[name].dims)!r}). "
-                    f"Make one variable per band, e.g. `ds[{name!r}].to_dataset({extra[0]!r})`, "
-                    "and pass the lists of names as fine=[...] and coarse=[...]."
-                )
+    require_band_pairs(ds, roles, method=NAME)
     pixel = _pixel_size(ds, resolution)
     window = int(params.max_search_distance * 2.0 / pixel)
     ydim, xdim = roles.dims
